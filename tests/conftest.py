@@ -15,3 +15,15 @@ def _seed():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    """(clip_model, tokenizer, preprocess) of the package's tiny random open_clip ViT (frozen).
+
+    Shared by the whole session: nothing in RAM changes a frozen CLIP's weights.
+    """
+    from ram_ot.backbones.open_clip import TINY_MODEL_NAME, load_clip
+
+    torch.manual_seed(1234)
+    return load_clip(TINY_MODEL_NAME, pretrained=None)

@@ -1,0 +1,180 @@
+"""Load a frozen open_clip model for RAM (paper §3.1 "Recover", §4.1 implementation details).
+
+RAM keeps the whole CLIP model frozen: the image tower is the *trunk* read by the ladder
+(:class:`ram_ot.adapters.LadderLocalAdapter`) and the text tower encodes label names
+(:class:`ram_ot.prompts.PromptEncoder`). This module builds such a model by name, with weights
+from an open_clip pretrained tag, from a local checkpoint file, or none at all (random
+initialisation, no download), and freezes it.
+
+The package ships one extra architecture, :data:`TINY_MODEL_NAME` (``"RAM-Tiny-ViT"``: 32 px
+images, 8 px patches, 4 layers of width 64 in each tower, 32-d joint space), registered with
+open_clip the first time :func:`load_clip` is asked for it. It exists so that tests, examples
+and smoke runs work offline in well under a second; its random weights carry no meaning.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+__all__ = ["TINY_MODEL_NAME", "freeze", "load_clip", "wrap_clip"]
+
+TINY_MODEL_NAME = "RAM-Tiny-ViT"
+"""Name of the tiny ViT config shipped with the package (random weights only)."""
+
+_CONFIG_DIR = Path(__file__).resolve().parent
+_REGISTERED = False
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+
+def _register_configs() -> None:
+    """Register the package's json configs with open_clip (once, on first use)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    import open_clip
+
+    if TINY_MODEL_NAME not in open_clip.list_models():
+        open_clip.add_model_config(_CONFIG_DIR / f"{TINY_MODEL_NAME}.json")
+    _REGISTERED = True
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Switch off gradients for every parameter of `module` and put it in eval mode.
+
+    Args:
+        module: any module, changed in place.
+
+    Returns:
+        The same module.
+    """
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
+def _preprocess_for(clip_model: nn.Module) -> Callable[[Any], torch.Tensor]:
+    """The open_clip evaluation transform (resize, centre crop, normalise) of `clip_model`."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = getattr(clip_model.visual, "preprocess_cfg", None)
+    if cfg is None:
+        size = getattr(clip_model.visual, "image_size", 224)
+        cfg = {"size": size}
+    return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return (
+        os.sep in pretrained
+        or (os.altsep is not None and os.altsep in pretrained)
+        or pretrained.lower().endswith(_CHECKPOINT_SUFFIXES)
+    )
+
+
+def load_clip(
+    model_name: str = "ViT-B-16",
+    pretrained: str | os.PathLike | None = "openai",
+    *,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    cache_dir: str | None = None,
+) -> tuple[nn.Module, Callable[..., torch.Tensor], Callable[[Any], torch.Tensor]]:
+    """Build a frozen open_clip model, its tokenizer and its evaluation transform.
+
+    Args:
+        model_name: an open_clip architecture name (``"ViT-B-16"``, ``"ViT-L-14"``, ...,
+            ``"hf-hub:org/repo"``) or :data:`TINY_MODEL_NAME`.
+        pretrained: where the weights come from: an open_clip pretrained tag (``"openai"``,
+            ``"laion2b_s34b_b88k"``; downloaded once into `cache_dir`), a local checkpoint
+            file (never downloads), or None for random initialisation (never downloads).
+        device: where to put the model (default: CPU).
+        precision: open_clip precision string (``"fp32"``, ``"fp16"``, ``"bf16"``, ``"amp"``).
+        cache_dir: download cache for pretrained tags.
+
+    Returns:
+        ``(clip_model, tokenizer, preprocess)``: the model with every parameter frozen
+        (``requires_grad=False``) and in eval mode; the tokenizer (list of strings -> (C, L)
+        int64 token ids); the PIL -> (3, H, W) float32 evaluation transform.
+
+    Raises:
+        FileNotFoundError: `pretrained` looks like a path but no such file exists.
+        ValueError: `model_name` is not an open_clip architecture.
+
+    Example:
+        >>> from ram_ot.backbones.open_clip import TINY_MODEL_NAME, load_clip
+        >>> model, tokenizer, preprocess = load_clip(TINY_MODEL_NAME, pretrained=None)
+        >>> model.visual.image_size
+        (32, 32)
+    """
+    import open_clip
+
+    if not isinstance(model_name, str):
+        raise TypeError(f"load_clip: expected `model_name` to be a str, got {type(model_name).__name__}.")
+    _register_configs()
+    if not model_name.startswith(("hf-hub:", "local-dir:")) and model_name.replace("/", "-") not in (
+        open_clip.list_models()
+    ):
+        raise ValueError(
+            f"load_clip: expected `model_name` to be an open_clip architecture "
+            f"(e.g. 'ViT-B-16' or {TINY_MODEL_NAME!r}), got {model_name!r}."
+        )
+    if pretrained is not None:
+        pretrained = os.fspath(pretrained)
+        if not pretrained:
+            pretrained = None
+        elif _looks_like_path(pretrained) and not os.path.isfile(pretrained):
+            raise FileNotFoundError(f"load_clip: `pretrained` checkpoint file {pretrained!r} does not exist.")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    # With no CLIP checkpoint, also skip the default per-tower weights (hf text towers would
+    # otherwise be downloaded): pretrained=None means no download on any code path.
+    model = open_clip.create_model(
+        model_name,
+        pretrained=pretrained,
+        precision=precision,
+        device=device,
+        cache_dir=cache_dir,
+        pretrained_image=False,
+        pretrained_text=pretrained is not None,
+    )
+    tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+    return freeze(model), tokenizer, _preprocess_for(model)
+
+
+def wrap_clip(
+    clip_model: nn.Module,
+    tokenizer: Callable[..., torch.Tensor] | None = None,
+    *,
+    model_name: str | None = None,
+) -> tuple[nn.Module, Callable[..., torch.Tensor], Callable[[Any], torch.Tensor]]:
+    """Accept an already built open_clip model: freeze it and find its tokenizer and transform.
+
+    Args:
+        clip_model: an open_clip ``CLIP`` / ``CustomTextCLIP`` model (frozen in place).
+        tokenizer: its tokenizer; default: ``open_clip.get_tokenizer(model_name)`` when
+            `model_name` is given, else open_clip's BPE ``SimpleTokenizer`` with the model's
+            context length.
+        model_name: the architecture name, used only to find the tokenizer.
+
+    Returns:
+        ``(clip_model, tokenizer, preprocess)`` as :func:`load_clip` returns them.
+    """
+    import open_clip
+
+    if not isinstance(clip_model, nn.Module) or not hasattr(clip_model, "visual"):
+        raise TypeError(
+            f"wrap_clip: expected `clip_model` to be an open_clip model with a `visual` tower, "
+            f"got {type(clip_model).__name__}."
+        )
+    if tokenizer is None:
+        if model_name is not None:
+            _register_configs()
+            tokenizer = open_clip.get_tokenizer(model_name)
+        else:
+            context_length = int(getattr(clip_model, "context_length", 77))
+            tokenizer = open_clip.SimpleTokenizer(context_length=context_length)
+    return freeze(clip_model), tokenizer, _preprocess_for(clip_model)

@@ -1,0 +1,98 @@
+"""Benchmark: ``python -m ram_ot.bench sinkhorn [--repeat R] [--shapes B,N,M ...] [--reg REG]``.
+
+Times, in one process, on the same float32 KCOT-like inputs (cost ``1 − softmax_C(100·sim)``,
+region mass ``softmax_N(max_C sim / 0.1)``, uniform label mass) with 100 iterations forced:
+
+(a) the reference implementation's scaling-domain arithmetic (:mod:`ram_ot.bench._official`),
+(b) POT's batched solver ``ot.batch.bregman_projection_batch`` (given ``K = exp(-C/reg)``,
+    whose computation is timed too), if POT is installed,
+(c) :func:`ram_ot.ot.sinkhorn` with ``tol=0``,
+
+and prints the times (best of R), the ratios, and the memory-bandwidth lower bound: the bytes
+of the cost (or kernel) matrix a Sinkhorn iteration must read (two passes of B·N·M·4 bytes)
+divided by the bandwidth measured here with a large ``torch.sum``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from typing import Callable
+
+import torch
+
+from ram_ot.bench._official import official_sinkhorn
+from ram_ot.ot import sinkhorn
+
+SHAPES = ((32, 196, 80), (32, 196, 1006), (8, 576, 1006))
+LABELS = {(32, 196, 80): "COCO", (32, 196, 1006): "NUS-WIDE", (8, 576, 1006): "ViT-L/14@336"}
+
+
+def kcot_problem(B: int, N: int, M: int, *, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """KCOT-like inputs: cost (B, N, M), region mass a (B, N), uniform label mass b (B, M)."""
+    gen = torch.Generator().manual_seed(seed)
+    sim = 0.2 + 0.05 * torch.randn(B, N, M, generator=gen, dtype=torch.float64)  # CLIP-like cosines
+    cost = 1.0 - torch.softmax(100.0 * sim, dim=-1)
+    a = torch.softmax(sim.amax(dim=-1) / 0.1, dim=-1)
+    b = torch.full((B, M), 1.0 / M, dtype=torch.float64)
+    return cost.to(dtype).contiguous(), a.to(dtype), b.to(dtype)
+
+
+def _best(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bandwidth(n_bytes: int = 1 << 28, repeat: int = 5) -> float:
+    """Read bandwidth (bytes/s) of a ``torch.sum`` over a float32 buffer of `n_bytes`."""
+    x = torch.rand(n_bytes // 4)
+    return x.numel() * 4 / _best(lambda: x.sum(), repeat)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ram_ot.bench sinkhorn", description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per solver (best is kept)")
+    parser.add_argument("--iters", type=int, default=100, help="iterations forced on every solver")
+    parser.add_argument("--reg", type=float, default=0.1, help="entropic regularisation")
+    parser.add_argument("--shapes", nargs="*", default=None, help="B,N,M triples (default: the three KCOT shapes)")
+    args = parser.parse_args(argv)
+    shapes = SHAPES if not args.shapes else tuple(tuple(int(s) for s in t.split(",")) for t in args.shapes)
+
+    try:
+        from ot.batch import bregman_projection_batch
+    except ImportError:  # POT is a test-only dependency
+        bregman_projection_batch = None
+
+    bw = bandwidth()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; "
+        f"float32, reg={args.reg}, {args.iters} iterations forced; best of {args.repeat}; "
+        f"bandwidth (torch.sum over 256 MiB) {bw / 1e9:.1f} GB/s"
+    )
+    header = "| shape (B, N, M) | official (a) | POT batch (b) | ours (c) | (c)/(a) | (c)/(b) | bandwidth bound | (c)/bound |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    reg, it = args.reg, args.iters
+    for shape in shapes:
+        cost, a, b = kcot_problem(*shape)
+        t_off = _best(lambda: official_sinkhorn(a, b, cost, reg, max_iter=it, thresh=0.0), args.repeat)
+        if bregman_projection_batch is not None:
+            t_pot = _best(
+                lambda: bregman_projection_batch(torch.exp(-cost / reg), a, b, max_iter=it, tol=0.0), args.repeat
+            )
+        else:
+            t_pot = float("nan")
+        t_ours = _best(lambda: sinkhorn(cost, a, b, reg=reg, max_iter=it, tol=0.0, backend="torch"), args.repeat)
+        bound = it * 2 * cost.numel() * 4 / bw
+        name = f"{shape} {LABELS.get(shape, '')}".strip()
+        print(
+            f"| {name} | {t_off * 1e3:.0f} ms | {t_pot * 1e3:.0f} ms | {t_ours * 1e3:.0f} ms | "
+            f"{t_ours / t_off:.3f} | {t_ours / t_pot:.3f} | {bound * 1e3:.0f} ms | {t_ours / bound:.2f} |"
+        )
+    return 0

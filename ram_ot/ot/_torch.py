@@ -1,0 +1,409 @@
+"""Batched Sinkhorn potentials in pure PyTorch: the reference backend (any device).
+
+Paper §3.3 (Knowledge-Constrained Optimal Transport) solves an entropic transport problem per
+image with Sinkhorn's algorithm. This module holds the iterations; validation, masses, masks,
+``reg_type`` and the plan live in :func:`ram_ot.ot.sinkhorn`.
+
+Two algorithms compute the same iterates (up to rounding):
+
+* :func:`solve_lse`: log-domain updates with ``logsumexp`` over the cost. Differentiable by
+  autograd (``grad="unroll"``), never syncs the device between convergence checks; used on
+  accelerators and for unrolled gradients.
+* :func:`solve_scaling`: *scaling with absorption* (Schmitzer 2019, "Stabilized sparse scaling
+  algorithms for entropy regularized transport problems", SIAM J. Sci. Comput.). The log
+  potentials are split as ``f = fa + reg·log u`` and ``g = ga + reg·log v``; the inner work is
+  two matrix-vector products with a precomputed kernel ``K = exp((fa + ga − C)/reg)``, which
+  reads the kernel once per half-iteration (memory-bandwidth bound on CPUs). Whenever a
+  scaling leaves ``[e^-τ, e^τ]`` (or a product underflows to 0) the half-iteration is redone
+  in the log domain and the potentials are absorbed into a new kernel, so small ``reg`` never
+  produces NaN/inf. Used on the CPU.
+
+Backend contract (shared with ``_triton.solve_potentials``)::
+
+    solve_potentials(cost, log_a, log_b, *, reg, fi_a, fi_b, max_iter, tol, check_every)
+        -> (f, g, n_iter, error)
+
+One iteration is an f-update followed by a g-update::
+
+    f_i = fi_a · (reg·log a_i − reg·LSE_j((g_j − C_ij)/reg))
+    g_j = fi_b · (reg·log b_j − reg·LSE_i((f_i − C_ij)/reg))
+
+starting from ``g = 0`` on real columns; ``log a = −inf`` marks absent rows (their ``f`` is
+``−inf``, and likewise for columns). ``fi = reg_m/(reg_m + reg)`` per side (1 = balanced).
+The error of a problem is, when both sides are balanced, the L1 row-marginal violation
+``Σ_i |Σ_j T_ij − a_i|`` after the g-update; otherwise ``max_i |Δf_i| + max_j |Δg_j|`` over one
+iteration (cost units). It is tested at iterations ``k`` with ``k % check_every == 0`` or
+``k == max_iter``; a problem whose error is below ``tol`` stops there (``n_iter = k``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["solve_potentials", "solve_lse", "solve_scaling"]
+
+
+def solve_potentials(
+    cost: Tensor,
+    log_a: Tensor,
+    log_b: Tensor,
+    *,
+    reg: float,
+    fi_a: float,
+    fi_b: float,
+    max_iter: int,
+    tol: float,
+    check_every: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sinkhorn potentials of a batch of problems (see the module docstring for the contract).
+
+    Picks :func:`solve_scaling` on the CPU when no gradient is recorded, else :func:`solve_lse`.
+
+    Args:
+        cost: (B, N, M) float32/float64, contiguous. Cost matrices.
+        log_a: (B, N) same dtype. Log row masses; ``-inf`` marks absent rows.
+        log_b: (B, M) same dtype. Log column masses; ``-inf`` marks absent columns.
+        reg: entropic regularisation (> 0).
+        fi_a: ``reg_m_a / (reg_m_a + reg)``, 1.0 for a balanced row side.
+        fi_b: the same for the column side.
+        max_iter: maximum number of iterations (>= 1).
+        tol: per-problem stopping threshold on the error (0 runs ``max_iter`` iterations).
+        check_every: test convergence every this many iterations.
+
+    Returns:
+        f: (B, N) dtype of `cost`. Row potentials (``-inf`` on absent rows).
+        g: (B, M) dtype of `cost`. Column potentials (``-inf`` on absent columns).
+        n_iter: (B,) int64. Iterations run per problem.
+        error: (B,) dtype of `cost`. Error at the last test.
+    """
+    grad = torch.is_grad_enabled() and (cost.requires_grad or log_a.requires_grad or log_b.requires_grad)
+    solver = solve_scaling if (cost.device.type == "cpu" and not grad) else solve_lse
+    return solver(
+        cost, log_a, log_b, reg=reg, fi_a=fi_a, fi_b=fi_b, max_iter=max_iter, tol=tol, check_every=check_every
+    )
+
+
+def _is_check(k: int, max_iter: int, tol: float, check_every: int) -> bool:
+    return k == max_iter or (tol > 0 and k % check_every == 0)
+
+
+def _unbalanced_error(f: Tensor, f_prev: Tensor, g: Tensor, g_prev: Tensor, real_a: Tensor, real_b: Tensor) -> Tensor:
+    """``max_i |f_i − f'_i| + max_j |g_j − g'_j|`` over real entries; (B,)."""
+    df = torch.where(real_a, f - f_prev, torch.zeros_like(f)).abs().amax(dim=1)
+    dg = torch.where(real_b, g - g_prev, torch.zeros_like(g)).abs().amax(dim=1)
+    return df + dg
+
+
+# ---------------------------------------------------------------------------------------
+# Log domain (differentiable)
+# ---------------------------------------------------------------------------------------
+
+
+def solve_lse(
+    cost: Tensor,
+    log_a: Tensor,
+    log_b: Tensor,
+    *,
+    reg: float,
+    fi_a: float,
+    fi_b: float,
+    max_iter: int,
+    tol: float,
+    check_every: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Log-domain Sinkhorn with ``logsumexp``; same contract as :func:`solve_potentials`.
+
+    Differentiable by autograd: converged problems are frozen with ``torch.where``, never by
+    in-place writes. The device is synchronised only at convergence tests (``tol > 0``).
+    """
+    B, N, M = cost.shape
+    dtype, device = cost.dtype, cost.device
+    balanced = fi_a == 1.0 and fi_b == 1.0
+    real_a = torch.isfinite(log_a)
+    real_b = torch.isfinite(log_b)
+    c_reg = cost / reg  # (B, N, M)
+    ra_log_a = reg * log_a
+    ra_log_b = reg * log_b
+    mass_a = torch.exp(log_a)
+
+    g = torch.zeros_like(log_b).masked_fill(~real_b, -math.inf)
+    f = torch.full_like(log_a, -math.inf)
+    active = torch.ones(B, dtype=torch.bool, device=device)
+    n_iter = torch.full((B,), max_iter, dtype=torch.int64, device=device)
+    error = torch.full((B,), math.inf, dtype=dtype, device=device)
+    # LSE_j((g_j − C_ij)/reg), shared by the f-update and the row-marginal error.
+    lse_row = torch.logsumexp(g[:, None, :] / reg - c_reg, dim=2)  # (B, N)
+
+    for k in range(1, max_iter + 1):
+        check = _is_check(k, max_iter, tol, check_every)
+        f_new = fi_a * (ra_log_a - reg * lse_row)
+        lse_col = torch.logsumexp(f_new[:, :, None] / reg - c_reg, dim=1)  # (B, M)
+        g_new = fi_b * (ra_log_b - reg * lse_col)
+        last = k == max_iter
+        need_row = not last or (check and balanced)
+        lse_row_new = torch.logsumexp(g_new[:, None, :] / reg - c_reg, dim=2) if need_row else lse_row
+
+        if check:
+            if balanced:
+                # row marginal of the plan after the g-update: exp(f_i/reg + LSE_j((g_j − C_ij)/reg))
+                row = torch.exp(f_new / reg + lse_row_new)
+                err = (row - mass_a).abs().sum(dim=1)
+            else:
+                err = _unbalanced_error(f_new, f, g_new, g, real_a, real_b)
+            err = err.detach()
+            error = torch.where(active, err, error)
+        keep = active[:, None]
+        f = torch.where(keep, f_new, f)
+        g = torch.where(keep, g_new, g)
+        lse_row = torch.where(keep, lse_row_new, lse_row)
+        if check and tol > 0:
+            stop = active & (error < tol)
+            n_iter = torch.where(stop, torch.full_like(n_iter, k), n_iter)
+            active = active & ~stop
+            if not bool(active.any()):
+                break
+    return f, g, n_iter, error
+
+
+# ---------------------------------------------------------------------------------------
+# Scaling with absorption (CPU fast path)
+# ---------------------------------------------------------------------------------------
+
+
+class _Limits:
+    """Per-dtype constants of the stabilised scaling iterations."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        info = torch.finfo(dtype)
+        # kernel entries are floored at exp(lo) = tiny·1e8 (exp of arguments below about
+        # log(tiny) is slow and denormal); scalings stay within [e^-tau, e^tau], so every
+        # product K_ij·v_j is a normal number and the floored entries weigh less than
+        # M·exp(lo)·e^(2·tau)/a_i relative to a row (< 1e-10 in float32 for M <= 1e4, a_i >= 1e-6).
+        self.lo = math.log(info.tiny * 1e8)
+        self.tau = 15.0 if dtype == torch.float32 else 30.0
+        self.tiny = info.tiny
+        self.u_lo = math.exp(-self.tau)
+        self.u_hi = math.exp(self.tau)
+
+
+class _Kernel:
+    """``K_ij = exp((fa_i + ga_j − C_ij)/reg)`` stored with its longer side contiguous.
+
+    A matrix-vector product per problem (``torch.mv`` on a (R, S) view, or on its transpose)
+    reads the matrix at close to memory bandwidth on CPUs and runs on one thread, while a
+    batched ``torch.bmm`` with a single row or column is several times slower and, on a
+    loaded machine, waits for its worker threads. The faster of the two layouts is the one
+    whose rows are the longer side. ``Cl`` is the cost in the same layout.
+    """
+
+    def __init__(self, cost: Tensor, reg: float, lim: _Limits) -> None:
+        self.t = cost.shape[1] > cost.shape[2]  # store K^T as (B, M, N)
+        self.Cl = cost.transpose(1, 2) if self.t else cost  # a view: read once per rebuild
+        self.reg, self.lim = reg, lim
+        self.L = torch.empty(self.Cl.shape, dtype=cost.dtype, device=cost.device)
+        Ls = self.L.unbind(0)
+        LTs = [x.T for x in Ls]
+        # Kv (rows of the plan) and K^T u (columns) as per-problem matrix-vector products
+        self._rows = LTs if self.t else Ls
+        self._cols = Ls if self.t else LTs
+
+    def _build(self, Cl: Tensor, fa: Tensor, ga: Tensor, out: Tensor | None = None) -> Tensor:
+        rp, cp = (ga, fa) if self.t else (fa, ga)
+        s = 1.0 / self.reg
+        K = torch.sub(cp[:, None, :] * s, Cl, alpha=s, out=out)  # (B, R, S) in the storage layout
+        # entries below exp(lo) (absent rows/columns included) become exp(lo): a floor far
+        # below any entry that matters, which keeps every product a normal number
+        return K.add_(rp[:, :, None] * s).clamp_(min=self.lim.lo).exp_()
+
+    def set_all(self, fa: Tensor, ga: Tensor) -> None:
+        self._build(self.Cl, fa, ga, out=self.L)
+
+    def set_some(self, idx: Tensor, fa: Tensor, ga: Tensor) -> None:
+        """Rebuild problems `idx` from their absorbed potentials ``fa (b, N)``, ``ga (b, M)``."""
+        self.L[idx] = self._build(self.Cl[idx], fa, ga)
+
+    def rows(self, v: list[Tensor], out: list[Tensor], active: list[int]) -> None:
+        """``out[i] = K_i v_i`` for the problems in `active` (lists of per-problem views)."""
+        mats = self._rows
+        for i in active:
+            torch.mv(mats[i], v[i], out=out[i])
+
+    def cols(self, u: list[Tensor], out: list[Tensor], active: list[int]) -> None:
+        """``out[i] = K_i^T u_i`` for the problems in `active`."""
+        mats = self._cols
+        for i in active:
+            torch.mv(mats[i], u[i], out=out[i])
+
+    def lse_f(self, idx: Tensor, g: Tensor, log_a: Tensor, fi_a: float) -> Tensor:
+        """Log-domain f-update of problems `idx` given absolute ``g (b, M)``."""
+        Cl, reg = self.Cl[idx], self.reg
+        if self.t:
+            lse = torch.logsumexp((g[:, :, None] - Cl) / reg, dim=1)
+        else:
+            lse = torch.logsumexp((g[:, None, :] - Cl) / reg, dim=2)
+        return fi_a * (reg * log_a - reg * lse)
+
+    def lse_g(self, idx: Tensor, f: Tensor, log_b: Tensor, fi_b: float) -> Tensor:
+        """Log-domain g-update of problems `idx` given absolute ``f (b, N)``."""
+        Cl, reg = self.Cl[idx], self.reg
+        if self.t:
+            lse = torch.logsumexp((f[:, None, :] - Cl) / reg, dim=2)
+        else:
+            lse = torch.logsumexp((f[:, :, None] - Cl) / reg, dim=1)
+        return fi_b * (reg * log_b - reg * lse)
+
+    def row_min(self, real_b: Tensor, masked: bool) -> Tensor:
+        """``min_j C_ij`` over real columns; (B, N)."""
+        if not masked:
+            return self.Cl.amin(dim=1 if self.t else 2)
+        if self.t:
+            return self.Cl.masked_fill(~real_b[:, :, None], math.inf).amin(dim=1)
+        return self.Cl.masked_fill(~real_b[:, None, :], math.inf).amin(dim=2)
+
+
+def _out_of_range(x: Tensor, absent: Tensor | None, fill: float, lo: float, hi: float, active: Tensor) -> list[int]:
+    """Active problems with a real entry of `x` outside [lo, hi] (NaN included)."""
+    if absent is not None:
+        x = x.masked_fill(absent, fill)  # absent entries (0 or -inf) are not tested
+    if lo <= x.min().item() and x.max().item() <= hi:  # the common case: one test for all
+        return []
+    mn, mx = x.amin(dim=1), x.amax(dim=1)  # (torch.aminmax(dim=) is much slower on CPU)
+    bad = ~((mn >= lo) & (mx <= hi)) & active
+    return bad.nonzero()[:, 0].tolist()
+
+
+@torch.no_grad()
+def solve_scaling(
+    cost: Tensor,
+    log_a: Tensor,
+    log_b: Tensor,
+    *,
+    reg: float,
+    fi_a: float,
+    fi_b: float,
+    max_iter: int,
+    tol: float,
+    check_every: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Stabilised scaling iterations with absorption; same contract as :func:`solve_potentials`.
+
+    Not differentiable. State per problem: absorbed potentials ``fa (N,)``, ``ga (M,)``, the
+    kernel ``K = exp((fa_i + ga_j − C_ij)/reg)`` and scalings ``u``, ``v``, so that
+    ``f = fa + reg·log u`` and ``g = ga + reg·log v``. Each half-iteration is one
+    matrix-vector product per problem; a problem whose new scaling leaves ``[e^-τ, e^τ]``
+    (or is inf/NaN because a product underflowed) redoes that half-iteration in the log
+    domain and absorbs it into a fresh kernel. Converged problems are skipped.
+    """
+    B, N, M = cost.shape
+    dtype, device = cost.dtype, cost.device
+    lim = _Limits(dtype)
+    balanced = fi_a == 1.0 and fi_b == 1.0
+    ca = (1.0 - fi_a) / reg
+    cb = (1.0 - fi_b) / reg
+
+    out_f = torch.full((B, N), -math.inf, dtype=dtype, device=device)
+    out_g = torch.full((B, M), -math.inf, dtype=dtype, device=device)
+    n_iter = torch.full((B,), max_iter, dtype=torch.int64, device=device)
+    error = torch.full((B,), math.inf, dtype=dtype, device=device)
+
+    la, lb = log_a, log_b
+    ra, rb = torch.isfinite(la), torch.isfinite(lb)
+    masked = not (bool(ra.all()) and bool(rb.all()))
+    absent_a = ~ra if masked else None
+    absent_b = ~rb if masked else None
+    a, b = torch.exp(la), torch.exp(lb)
+    ones_a, ones_b = ra.to(dtype), rb.to(dtype)
+
+    ker = _Kernel(cost, reg, lim)
+    # Initial absorption: fa_i = min_j C_ij + reg·log a_i and ga_j = reg·log b_j, so that
+    # K_ij <= a_i·b_j with equality at each row minimum; v_j = 1/b_j gives g = 0 (the
+    # contract's start) and u = a/(Kv) in [1/M, 1].
+    fa = torch.where(ra, ker.row_min(rb, masked) + reg * la, la)
+    ga = reg * lb
+    ker.set_all(fa, ga)
+    if not balanced:
+        # u = (a/Kv)^fi_a · exp(−(1 − fi_a)·fa/reg) = ea · Kv^(−fi_a), ea fixed between absorptions
+        ea = torch.exp(fi_a * la - ca * torch.where(ra, fa, 0.0))
+        eb = torch.exp(fi_b * lb - cb * torch.where(rb, ga, 0.0))
+
+    # persistent buffers, updated in place, with per-problem views for the products
+    u = ones_a.clone()
+    v = torch.where(rb, torch.exp(-lb), torch.zeros_like(lb))
+    Kv = torch.empty_like(la)
+    Ktu = torch.empty_like(lb)
+    us, vs, Kvs, Ktus = u.unbind(0), v.unbind(0), Kv.unbind(0), Ktu.unbind(0)
+    active_mask = torch.ones(B, dtype=torch.bool, device=device)
+    active = list(range(B))
+    ker.rows(vs, Kvs, active)
+
+    for k in range(1, max_iter + 1):
+        check = _is_check(k, max_iter, tol, check_every)
+        if check and not balanced:
+            f_prev = fa + reg * torch.log(u)
+            g_prev = ga + reg * torch.log(v)
+
+        # f-update: u = (a / Kv)^fi_a · exp(−(1 − fi_a)·fa/reg); Kv = 0 gives inf/NaN -> caught
+        if masked:
+            Kv.clamp_min_(lim.tiny)  # absent rows have Kv = 0
+        if balanced:
+            torch.div(a, Kv, out=u)
+            bad = _out_of_range(u, absent_a, 1.0, lim.u_lo, lim.u_hi, active_mask)
+        else:
+            torch.pow(Kv, -fi_a, out=u).mul_(ea)
+            bad = _out_of_range(u, absent_a, 1.0, lim.u_lo, lim.u_hi, active_mask)
+        if bad:
+            i = torch.tensor(bad, device=device)
+            g_abs = ga[i] + reg * torch.log(v[i])
+            fa[i] = ker.lse_f(i, g_abs, la[i], fi_a)
+            ga[i] = g_abs
+            ker.set_some(i, fa[i], ga[i])
+            u[i], v[i] = ones_a[i], ones_b[i]
+            if not balanced:
+                ea[i] = torch.exp(fi_a * la[i] - ca * torch.where(ra[i], fa[i], 0.0))
+                eb[i] = torch.exp(fi_b * lb[i] - cb * torch.where(rb[i], ga[i], 0.0))
+
+        # g-update: v = (b / K^T u)^fi_b · exp(−(1 − fi_b)·ga/reg)
+        ker.cols(us, Ktus, active)
+        if masked:
+            Ktu.clamp_min_(lim.tiny)
+        if balanced:
+            torch.div(b, Ktu, out=v)
+            bad = _out_of_range(v, absent_b, 1.0, lim.u_lo, lim.u_hi, active_mask)
+        else:
+            torch.pow(Ktu, -fi_b, out=v).mul_(eb)
+            bad = _out_of_range(v, absent_b, 1.0, lim.u_lo, lim.u_hi, active_mask)
+        if bad:
+            i = torch.tensor(bad, device=device)
+            f_abs = fa[i] + reg * torch.log(u[i])
+            ga[i] = ker.lse_g(i, f_abs, lb[i], fi_b)
+            fa[i] = f_abs
+            ker.set_some(i, fa[i], ga[i])
+            u[i], v[i] = ones_a[i], ones_b[i]
+            if not balanced:
+                ea[i] = torch.exp(fi_a * la[i] - ca * torch.where(ra[i], fa[i], 0.0))
+                eb[i] = torch.exp(fi_b * lb[i] - cb * torch.where(rb[i], ga[i], 0.0))
+
+        last = k == max_iter
+        if not last or balanced:
+            ker.rows(vs, Kvs, active)  # the plan's row sums are u·Kv
+        if not check:
+            continue
+        if balanced:
+            err = (u * Kv - a).abs().sum(dim=1)
+        else:
+            err = _unbalanced_error(fa + reg * torch.log(u), f_prev, ga + reg * torch.log(v), g_prev, ra, rb)
+        stop = active_mask & ((err < tol) if (tol > 0 and not last) else torch.full_like(active_mask, last))
+        if not bool(stop.any()):
+            continue
+        out_f[stop] = (fa + reg * torch.log(u))[stop]
+        out_g[stop] = (ga + reg * torch.log(v))[stop]
+        error[stop] = err[stop]
+        n_iter[stop] = k
+        active_mask = active_mask & ~stop
+        active = active_mask.nonzero()[:, 0].tolist()
+        if not active:
+            break
+    return out_f, out_g, n_iter, error

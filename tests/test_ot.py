@@ -1,0 +1,435 @@
+"""Tests for ram_ot.ot.sinkhorn: POT oracles, masks, stability, dtypes, gradients, errors."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from ram_ot._checks import ConvergenceWarning
+from ram_ot.bench._official import official_sinkhorn
+from ram_ot.bench.sinkhorn import kcot_problem
+from ram_ot.ot import SinkhornResult, available_backends, sinkhorn
+from ram_ot.ot._dispatch import ENV_VAR, resolve_backend
+
+ot = pytest.importorskip("ot")
+
+INF = float("inf")
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    x, ref = x.double(), ref.double()
+    return float((x - ref).norm() / ref.norm())
+
+
+def pot_unbalanced(a, b, cost, reg, reg_m, reg_type):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # POT warns that "entropy" overwrites its c matrix
+        return ot.unbalanced.sinkhorn_unbalanced(
+            a, b, cost, reg, reg_m, reg_type=reg_type, method="sinkhorn", numItermax=100000, stopThr=1e-15
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Oracles: POT in float64
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reg", [0.1, 0.05, 0.01])
+@pytest.mark.parametrize("grad", ["detach", "unroll"])  # scaling-with-absorption / log-domain LSE
+def test_balanced_matches_pot(reg, grad):
+    cost, a, b = kcot_problem(3, 30, 12, dtype=torch.float64, seed=1)
+    ref = torch.stack([ot.bregman.sinkhorn_log(a[i], b[i], cost[i], reg, numItermax=100000, stopThr=1e-13)
+                       for i in range(3)])
+    with torch.no_grad():
+        res = sinkhorn(cost, a, b, reg=reg, max_iter=20000, tol=1e-11, grad=grad)
+    assert bool(res.converged.all())
+    assert rel_err(res.plan, ref) <= 1e-6
+    # float32 iterations on the same problems
+    with torch.no_grad():
+        res32 = sinkhorn(cost.float(), a.float(), b.float(), reg=reg, max_iter=20000, tol=1e-5, grad=grad)
+    assert res32.plan.dtype == torch.float32
+    assert bool(res32.converged.all())
+    assert rel_err(res32.plan, ref) <= 1e-3
+
+
+@pytest.mark.parametrize("reg_type", ["kl", "entropy"])
+@pytest.mark.parametrize("reg_m", [1.0, (0.5, INF), (INF, 0.3), (2.0, 0.2)])
+@pytest.mark.parametrize("reg", [0.1, 0.01])
+def test_unbalanced_matches_pot(reg, reg_m, reg_type):
+    cost, a, b = kcot_problem(2, 25, 10, dtype=torch.float64, seed=2)
+    a = 1.5 * a  # unequal total masses
+    ref = torch.stack([pot_unbalanced(a[i], b[i], cost[i], reg, reg_m, reg_type) for i in range(2)])
+    res = sinkhorn(cost, a, b, reg=reg, reg_m=reg_m, reg_type=reg_type, max_iter=20000, tol=1e-12)
+    assert bool(res.converged.all())
+    assert rel_err(res.plan, ref) <= 1e-6
+    res32 = sinkhorn(cost.float(), a.float(), b.float(), reg=reg, reg_m=reg_m, reg_type=reg_type,
+                     max_iter=20000, tol=1e-6)
+    assert rel_err(res32.plan, ref) <= 1e-3
+
+
+def test_plan_is_exp_of_potentials_and_reg_type_irrelevant_when_balanced():
+    cost, a, b = kcot_problem(2, 20, 9, dtype=torch.float64, seed=3)
+    r_kl = sinkhorn(cost, a, b, reg=0.05, reg_type="kl", tol=1e-10, max_iter=5000)
+    r_ent = sinkhorn(cost, a, b, reg=0.05, reg_type="entropy", tol=1e-10, max_iter=5000)
+    torch.testing.assert_close(r_kl.plan, r_ent.plan)
+    rebuilt = torch.exp((r_kl.f[:, :, None] + r_kl.g[:, None, :] - cost) / 0.05)
+    torch.testing.assert_close(rebuilt, r_kl.plan)
+    r_u = sinkhorn(cost, a, b, reg=0.05, reg_m=0.5, reg_type="kl", tol=1e-10, max_iter=5000)
+    torch.testing.assert_close(torch.exp((r_u.f[:, :, None] + r_u.g[:, None, :] - cost) / 0.05), r_u.plan)
+
+
+def test_both_torch_algorithms_agree_iterate_by_iterate():
+    from ram_ot.ot._torch import solve_lse, solve_scaling
+
+    cost, a, b = kcot_problem(3, 17, 23, dtype=torch.float64, seed=4)
+    for fi in (1.0, 0.9):
+        kw = dict(reg=0.02, fi_a=fi, fi_b=fi, max_iter=300, tol=1e-6, check_every=7)
+        f1, g1, n1, e1 = solve_scaling(cost, a.log(), b.log(), **kw)
+        f2, g2, n2, e2 = solve_lse(cost, a.log(), b.log(), **kw)
+        assert torch.equal(n1, n2)
+        torch.testing.assert_close(f1, f2, rtol=0, atol=1e-10)
+        torch.testing.assert_close(g1, g2, rtol=0, atol=1e-10)
+        torch.testing.assert_close(e1, e2, rtol=1e-6, atol=1e-12)
+
+
+def test_official_reimplementation_agrees_where_it_is_stable():
+    cost, a, b = kcot_problem(2, 30, 12, dtype=torch.float64, seed=5)
+    ref = official_sinkhorn(a, b, cost, 0.1, max_iter=3000, thresh=0.0)
+    res = sinkhorn(cost, a, b, reg=0.1, max_iter=3000, tol=1e-12)
+    assert rel_err(res.plan, ref) <= 1e-8
+
+
+# ---------------------------------------------------------------------------------------
+# Masks (ragged batches)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reg_m", [None, 0.5])
+def test_masks_equal_trimmed_problems(reg_m):
+    B, N, M, reg = 3, 14, 9, 0.05
+    cost, a, b = kcot_problem(B, N, M, dtype=torch.float64, seed=6)
+    n_real, m_real = [14, 9, 5], [9, 4, 7]
+    mask_a = torch.arange(N)[None, :] < torch.tensor(n_real)[:, None]
+    mask_b = torch.arange(M)[None, :] < torch.tensor(m_real)[:, None]
+    pad = ~(mask_a[:, :, None] & mask_b[:, None, :])
+    cost = cost.masked_fill(pad, float("nan"))  # padding garbage must not leak
+    res = sinkhorn(cost, a, None, reg=reg, reg_m=reg_m, mask_a=mask_a, mask_b=mask_b, tol=1e-12, max_iter=20000)
+    assert torch.isfinite(res.plan).all()
+    assert bool((res.plan[pad] == 0).all())
+    assert bool((res.f[~mask_a] == -INF).all()) and bool((res.g[~mask_b] == -INF).all())
+    for i in range(B):
+        n, m = n_real[i], m_real[i]
+        ai = a[i, :n]  # masked a: the real entries keep their given mass
+        bi = torch.full((m,), 1.0 / m, dtype=torch.float64)  # default b: uniform over real columns
+        ci = cost[i, :n, :m]
+        if reg_m is None:
+            ai = ai / ai.sum()
+            ref = ot.bregman.sinkhorn_log(ai, bi, ci, reg, numItermax=100000, stopThr=1e-13)
+            trimmed = sinkhorn(ci, ai, bi, reg=reg, tol=1e-12, max_iter=20000)
+            torch.testing.assert_close(res.plan[i, :n, :m] / res.plan[i].sum(), ref / ref.sum(), rtol=1e-6, atol=1e-12)
+        else:
+            ref = pot_unbalanced(ai, bi, ci, reg, reg_m, "kl")
+            trimmed = sinkhorn(ci, ai, bi, reg=reg, reg_m=reg_m, tol=1e-12, max_iter=20000)
+            torch.testing.assert_close(res.plan[i, :n, :m], ref, rtol=1e-6, atol=1e-12)
+        assert trimmed.plan.shape == (n, m)
+        torch.testing.assert_close(res.plan[i, :n, :m], trimmed.plan.to(res.plan.dtype), rtol=1e-6, atol=1e-12)
+
+
+def test_masked_balanced_problem_uses_given_masses_on_real_rows():
+    cost, a, b = kcot_problem(1, 6, 4, dtype=torch.float64, seed=7)
+    mask_a = torch.tensor([[True, True, True, False, True, False]])
+    a = mask_a.double() / 4.0  # masses of the real rows sum to 1
+    res = sinkhorn(cost, a, b, mask_a=mask_a, reg=0.1, tol=1e-12, max_iter=5000)
+    torch.testing.assert_close(res.plan.sum(-1), a)
+    torch.testing.assert_close(res.plan.sum(-2), b)
+
+
+# ---------------------------------------------------------------------------------------
+# Stability at small reg
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reg_m", [None, 1.0, (0.1, INF)])
+def test_no_nan_down_to_reg_1e_3(dtype, reg_m):
+    gen = torch.Generator().manual_seed(8)
+    cost = (2 * torch.rand(3, 40, 24, generator=gen, dtype=torch.float64)).to(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for grad in ("detach", "unroll"):
+            res = sinkhorn(cost, reg=1e-3, reg_m=reg_m, max_iter=60, grad=grad)
+            for t in (res.plan, res.f, res.g, res.error):
+                assert torch.isfinite(t).all()
+    # the column marginals are exact after each g-update in the balanced case
+    if reg_m is None:
+        torch.testing.assert_close(res.plan.sum(1).double(), torch.full((3, 24), 1 / 24, dtype=torch.float64),
+                                   rtol=1e-4, atol=0)
+
+
+def test_official_scaling_solver_gives_nan_where_ours_does_not():
+    cost, a, b = kcot_problem(4, 196, 80, seed=9)
+    # the reference runs under fp16 autocast: at reg 0.01 its kernel exp(-M/reg) underflows
+    off16 = official_sinkhorn(a.half(), b.half(), cost.half(), 0.01)
+    assert torch.isnan(off16).any()
+    # in float32 it breaks down at reg 1e-3
+    off32 = official_sinkhorn(a, b, cost, 1e-3)
+    assert torch.isnan(off32).any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours16 = sinkhorn(cost.half(), a.half(), b.half(), reg=0.01)
+        ours32 = sinkhorn(cost, a, b, reg=1e-3)
+    assert ours16.plan.dtype == torch.float16
+    assert torch.isfinite(ours16.plan).all() and torch.isfinite(ours32.plan).all()
+    torch.testing.assert_close(ours32.plan.sum(1), b, rtol=1e-3, atol=0)
+
+
+# ---------------------------------------------------------------------------------------
+# dtypes, autocast, unbatched input, convergence bookkeeping
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_input_iterates_in_float32(dtype):
+    cost, a, b = kcot_problem(2, 20, 8, seed=10)
+    low = sinkhorn(cost.to(dtype), a.to(dtype), b.to(dtype), reg=0.05)
+    ref = sinkhorn(cost.to(dtype).float(), a.to(dtype).float(), b.to(dtype).float(), reg=0.05)
+    assert low.plan.dtype == dtype and low.f.dtype == torch.float32 and low.error.dtype == torch.float32
+    torch.testing.assert_close(low.plan, ref.plan.to(dtype))
+    torch.testing.assert_close(low.f, ref.f)
+
+
+def test_autocast_does_not_lower_the_iteration_precision():
+    cost, a, b = kcot_problem(2, 20, 8, seed=11)
+    ref = sinkhorn(cost, a, b, reg=0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = sinkhorn(cost, a, b, reg=0.05, grad="unroll")
+    assert res.plan.dtype == torch.float32
+    torch.testing.assert_close(res.plan, ref.plan, rtol=1e-5, atol=1e-7)
+
+
+def test_float64_mass_promotes_iterations():
+    cost, a, b = kcot_problem(1, 10, 5, seed=12)
+    res = sinkhorn(cost, a.double(), b, reg=0.1)
+    assert res.f.dtype == torch.float64 and res.plan.dtype == torch.float32
+
+
+def test_unbatched_input_gives_unbatched_output():
+    cost, a, b = kcot_problem(1, 12, 7, dtype=torch.float64, seed=13)
+    batched = sinkhorn(cost, a, b, reg=0.1)
+    single = sinkhorn(cost[0], a[0], b[0], reg=0.1, mask_a=torch.ones(12, dtype=torch.bool))
+    assert isinstance(single, SinkhornResult)
+    assert single.plan.shape == (12, 7) and single.f.shape == (12,) and single.g.shape == (7,)
+    assert single.n_iter.shape == () and single.error.shape == () and single.converged.shape == ()
+    torch.testing.assert_close(single.plan, batched.plan[0])
+
+
+def test_error_definitions_and_per_problem_stop():
+    cost, a, b = kcot_problem(3, 20, 8, dtype=torch.float64, seed=14)
+    cost[0] = cost[0] * 0.01  # a nearly uniform cost converges much sooner
+    res = sinkhorn(cost, a, b, reg=0.05, tol=1e-6, max_iter=5000, check_every=5)
+    assert bool(res.converged.all()) and bool((res.error < 1e-6).all())
+    assert bool((res.n_iter % 5 == 0).all()) and int(res.n_iter[0]) < int(res.n_iter[1:].min())
+    # balanced error: L1 row-marginal violation of the returned plan
+    torch.testing.assert_close(res.error, (res.plan.sum(-1) - a).abs().sum(-1), rtol=1e-6, atol=1e-15)
+    # unbalanced error: change of the potentials over the last iteration (cost units)
+    r5 = sinkhorn(cost, a, b, reg=0.05, reg_m=0.3, tol=0.0, max_iter=5)
+    r4 = sinkhorn(cost, a, b, reg=0.05, reg_m=0.3, tol=0.0, max_iter=4)
+    expect = (r5.f - r4.f).abs().amax(-1) + (r5.g - r4.g).abs().amax(-1)
+    torch.testing.assert_close(r5.error, expect)
+
+
+def test_tol_zero_runs_max_iter_without_warning_and_warning_otherwise():
+    cost, a, b = kcot_problem(2, 15, 6, seed=15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = sinkhorn(cost, a, b, reg=0.05, tol=0.0, max_iter=7)
+    assert res.n_iter.tolist() == [7, 7] and not bool(res.converged.any())
+    assert torch.isfinite(res.error).all()
+    with pytest.warns(ConvergenceWarning, match="did not reach tol") as rec:
+        res = sinkhorn(cost, a, b, reg=0.01, tol=1e-9, max_iter=3)
+    assert rec[0].filename == __file__  # stacklevel points at the caller
+    assert not bool(res.converged.any()) and res.n_iter.tolist() == [3, 3]
+
+
+# ---------------------------------------------------------------------------------------
+# Gradients: implicit vs unrolled vs finite differences (float64)
+# ---------------------------------------------------------------------------------------
+
+
+def _loss(res, W, use_potentials):
+    loss = (res.plan * W).sum()
+    if use_potentials:
+        loss = loss + 0.3 * res.f.sum() + (res.g**2).sum()
+    return loss
+
+
+@pytest.mark.parametrize(
+    "reg_m,reg_type", [(None, "kl"), (0.7, "kl"), (0.7, "entropy"), ((0.3, INF), "kl"), ((INF, 0.4), "entropy")]
+)
+def test_implicit_gradients_match_unroll_and_finite_differences(reg_m, reg_type):
+    gen = torch.Generator().manual_seed(16)
+    B, N, M, reg = 2, 6, 4, 0.1
+    cost = torch.rand(B, N, M, generator=gen, dtype=torch.float64)
+    a = torch.softmax(torch.randn(B, N, generator=gen, dtype=torch.float64), -1)
+    b = torch.softmax(torch.randn(B, M, generator=gen, dtype=torch.float64), -1)
+    W = torch.randn(B, N, M, generator=gen, dtype=torch.float64)
+    use_pot = reg_m is not None  # balanced potentials are defined up to a shift
+    kw = dict(reg=reg, reg_m=reg_m, reg_type=reg_type, max_iter=5000, tol=1e-13, check_every=1)
+
+    grads = {}
+    for mode in ("implicit", "unroll"):
+        c, aa, bb = (t.clone().requires_grad_() for t in (cost, a, b))
+        loss = _loss(sinkhorn(c, aa, bb, grad=mode, **kw), W, use_pot)
+        grads[mode] = torch.autograd.grad(loss, (c, aa, bb))
+
+    def fd(direction_c, direction_a, h=1e-6):
+        vals = []
+        for s in (1, -1):
+            r = sinkhorn(cost + s * h * direction_c, a + s * h * direction_a, b, **kw)
+            vals.append(float(_loss(r, W, use_pot)))
+        return (vals[0] - vals[1]) / (2 * h)
+
+    dc = torch.randn(B, N, M, generator=gen, dtype=torch.float64)
+    da = torch.randn(B, N, generator=gen, dtype=torch.float64)
+    if reg_m is None:
+        da = da - da.mean(-1, keepdim=True)  # balanced: only mass-preserving directions are defined
+    num_c, num_a = fd(dc, torch.zeros_like(a)), fd(torch.zeros_like(cost), da)
+    for mode in ("implicit", "unroll"):
+        gc, ga, _ = grads[mode]
+        assert math.isclose(float((gc * dc).sum()), num_c, rel_tol=1e-5, abs_tol=1e-7)
+        assert math.isclose(float((ga * da).sum()), num_a, rel_tol=1e-5, abs_tol=1e-7)
+    torch.testing.assert_close(grads["implicit"][0], grads["unroll"][0], rtol=1e-6, atol=1e-9)
+    if reg_m is not None:
+        for gi, gu in zip(grads["implicit"][1:], grads["unroll"][1:]):
+            torch.testing.assert_close(gi, gu, rtol=1e-6, atol=1e-9)
+
+
+def test_implicit_gradient_with_masks_is_finite_and_zero_on_padding():
+    cost, a, b = kcot_problem(2, 7, 5, dtype=torch.float64, seed=17)
+    mask_a = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    mask_b = torch.tensor([[True] * 3 + [False] * 2, [True] * 5])
+    c = cost.clone().requires_grad_()
+    aa = a.clone().requires_grad_()
+    W = torch.randn(2, 7, 5, dtype=torch.float64)
+    res = sinkhorn(c, aa, None, reg=0.1, reg_m=0.5, mask_a=mask_a, mask_b=mask_b, grad="implicit", tol=1e-12,
+                   max_iter=5000)
+    gc, ga = torch.autograd.grad((res.plan * W).sum(), (c, aa))
+    pad = ~(mask_a[:, :, None] & mask_b[:, None, :])
+    assert torch.isfinite(gc).all() and torch.isfinite(ga).all()
+    assert bool((gc[pad] == 0).all()) and bool((ga[~mask_a] == 0).all())
+    cu = cost.clone().requires_grad_()
+    res_u = sinkhorn(cu, a, None, reg=0.1, reg_m=0.5, mask_a=mask_a, mask_b=mask_b, grad="unroll", tol=1e-12,
+                     max_iter=5000)
+    (gu,) = torch.autograd.grad((res_u.plan * W).sum(), (cu,))
+    torch.testing.assert_close(gc, gu, rtol=1e-6, atol=1e-9)
+
+
+def test_detach_gives_no_graph():
+    cost, a, b = kcot_problem(1, 8, 4, seed=18)
+    res = sinkhorn(cost.requires_grad_(), a, b)
+    assert not res.plan.requires_grad and not res.f.requires_grad
+
+
+# ---------------------------------------------------------------------------------------
+# Input errors
+# ---------------------------------------------------------------------------------------
+
+
+def _ok():
+    return kcot_problem(2, 5, 3, seed=19)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(a=torch.ones(2, 4)), ValueError, r"expected `a` of shape \(B, N\) = \(2, 5\), got \(2, 4\)"),
+        (dict(b=torch.ones(3, 3)), ValueError, r"`b` of shape \(B, M\) = \(2, 3\)"),
+        (dict(a=torch.ones(2, 5, dtype=torch.int64)), TypeError, "floating dtype"),
+        (dict(a=-torch.ones(2, 5)), ValueError, "finite and >= 0"),
+        (dict(b=torch.full((2, 3), float("nan"))), ValueError, "finite and >= 0"),
+        (dict(a=torch.zeros(2, 5)), ValueError, "positive total mass"),
+        (dict(mask_a=torch.zeros(2, 5, dtype=torch.bool)), ValueError, "marks no real entry"),
+        (dict(mask_a=torch.ones(2, 5)), TypeError, "dtype bool"),
+        (dict(mask_b=torch.ones(2, 4, dtype=torch.bool)), ValueError, "`mask_b` of shape"),
+        (dict(reg=0.0), ValueError, "`reg` > 0"),
+        (dict(reg=-1.0), ValueError, "`reg` > 0"),
+        (dict(reg=float("inf")), ValueError, "`reg` > 0 and finite"),
+        (dict(reg_m=-0.5), ValueError, "`reg_m` > 0"),
+        (dict(reg_m=(1.0, 2.0, 3.0)), ValueError, "a pair"),
+        (dict(reg_m="big"), TypeError, "positive number"),
+        (dict(reg_type="l2"), ValueError, "`reg_type` to be one of 'kl', 'entropy'"),
+        (dict(backend="cuda"), ValueError, "`backend` to be one of"),
+        (dict(grad="autodiff"), ValueError, "`grad` to be one of"),
+        (dict(max_iter=0), ValueError, "`max_iter` >= 1"),
+        (dict(max_iter=2.5), TypeError, "`max_iter` to be an int"),
+        (dict(check_every=0), ValueError, "`check_every` >= 1"),
+        (dict(tol=-1e-3), ValueError, "`tol` >= 0"),
+    ],
+)
+def test_bad_input_raises(kwargs, exc, match):
+    cost, a, b = _ok()
+    args = dict(a=a, b=b)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        sinkhorn(cost, **args)
+
+
+def test_bad_cost_raises():
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        sinkhorn([[0.0, 1.0]])
+    with pytest.raises(TypeError, match="floating dtype"):
+        sinkhorn(torch.ones(2, 3, 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"\(B, N, M\) or \(N, M\)"):
+        sinkhorn(torch.ones(4))
+    with pytest.raises(ValueError, match="non-empty"):
+        sinkhorn(torch.ones(2, 0, 4))
+    cost, a, b = _ok()
+    cost[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="`cost` to be finite, got 1 NaN/Inf"):
+        sinkhorn(cost, a, b, validate=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Backend selection
+# ---------------------------------------------------------------------------------------
+
+
+def test_backend_dispatch(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert "torch" in available_backends("cpu")
+    assert resolve_backend("auto", cpu, "detach") == "torch"
+    with pytest.raises(ValueError, match="grad='unroll'"):
+        resolve_backend("triton", cpu, "unroll")
+    if "triton" not in available_backends("cpu"):
+        with pytest.raises(RuntimeError, match="backend='triton'.*cannot run on cpu"):
+            sinkhorn(torch.rand(1, 3, 2), backend="triton")
+    monkeypatch.setenv(ENV_VAR, "torch")
+    assert resolve_backend("auto", cpu, "detach") == "torch"
+    monkeypatch.setenv(ENV_VAR, "fast")
+    with pytest.raises(ValueError, match=ENV_VAR):
+        sinkhorn(torch.rand(1, 3, 2))
+    # an explicit argument wins over the environment
+    assert resolve_backend("torch", cpu, "detach") == "torch"
+
+
+def test_import_does_not_import_triton():
+    code = "import sys, ram_ot, ram_ot.ot; import ram_ot.ot._torch; print('triton' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert out.stdout.strip() == "False"
+
+
+def test_benchmark_smoke(capsys):
+    from ram_ot.bench import sinkhorn as bench
+
+    assert bench.main(["--repeat", "1", "--iters", "3", "--shapes", "2,6,5"]) == 0
+    out = capsys.readouterr().out
+    assert "| (2, 6, 5) |" in out and "bandwidth" in out

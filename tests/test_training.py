@@ -1,0 +1,233 @@
+"""ram_ot.training: EMA, optimisers, schedule (against timm's scheduler), checkpoints, RNG, sampler."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ram_ot.training import (
+    CosineWarmup,
+    ModelEMA,
+    ShardSampler,
+    all_gather_objects,
+    build_optimizers,
+    build_schedulers,
+    capture_rng_state,
+    load_checkpoint,
+    make_grad_scaler,
+    restore_rng_state,
+    save_checkpoint,
+    seed_everything,
+    train_step,
+)
+
+
+class Toy(nn.Module):
+    """A frozen layer, a trainable adapter with BatchNorm, token embeddings and a temperature."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = nn.Linear(4, 4).requires_grad_(False)
+        self.adapter = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        self.embeds = nn.Parameter(torch.randn(3, 4))
+        self.temperature = nn.Parameter(torch.tensor(0.5))
+
+    def param_groups(self, lr, weight_decay, *, lr_mult, lr_embeds, weight_decay_embeds):
+        return [
+            {
+                "name": "adapters",
+                "params": list(self.adapter.parameters()),
+                "lr": lr * lr_mult,
+                "weight_decay": weight_decay,
+            },
+            {"name": "head", "params": [self.temperature], "lr": lr, "weight_decay": weight_decay},
+            {
+                "name": "embeds",
+                "params": [self.embeds],
+                "lr": lr_embeds,
+                "weight_decay": weight_decay_embeds,
+            },
+        ]
+
+    def forward(self, x, labels, targets=None):
+        logits = self.adapter(self.frozen(x)) @ self.embeds.t() / self.temperature  # (B, 3)
+        loss = (
+            nn.functional.binary_cross_entropy_with_logits(logits, targets)
+            if targets is not None
+            else None
+        )
+        return type("Out", (), {"scores": logits.sigmoid(), "loss": loss})()
+
+
+def test_build_optimizers_follows_the_reference_split():
+    m = Toy()
+    adam, sgd = build_optimizers(m, lr=1e-3, weight_decay=1e-4, lr_embeds=2e-3)
+    assert isinstance(adam, torch.optim.AdamW) and isinstance(sgd, torch.optim.SGD)
+    assert [g["name"] for g in adam.param_groups] == ["adapters", "head"]
+    assert [g["lr"] for g in adam.param_groups] == pytest.approx([1e-4, 1e-3])
+    assert sgd.param_groups[0]["lr"] == 2e-3 and sgd.param_groups[0]["momentum"] == 0.9
+    plain = build_optimizers(nn.Linear(2, 2), lr=1e-3)
+    assert len(plain) == 1 and len(plain[0].param_groups[0]["params"]) == 2
+
+
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_cosine_warmup_matches_timm(warmup):
+    from timm.scheduler import CosineLRScheduler
+
+    base, total = 0.1, 20
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base)
+    ref = CosineLRScheduler(
+        opt, t_initial=total, lr_min=0.002 * base, warmup_t=warmup, warmup_lr_init=0.01 * base,
+        warmup_prefix=False, cycle_limit=1, t_in_epochs=False,
+    )  # fmt: skip
+    f = CosineWarmup(total, warmup_steps=warmup)
+    for t in range(total):
+        assert base * f(t) == pytest.approx(ref._get_lr(t)[0], rel=1e-12)
+
+
+def test_schedulers_step_the_learning_rate():
+    opts = build_optimizers(Toy(), lr=1e-2)
+    scheds = build_schedulers(opts, total_steps=10, warmup_steps=2)
+    assert opts[0].param_groups[1]["lr"] == pytest.approx(1e-2 * 0.01)
+    for o in opts:
+        o.step()
+    for s in scheds:
+        s.step()
+    assert opts[0].param_groups[1]["lr"] == pytest.approx(
+        1e-2 * CosineWarmup(10, warmup_steps=2)(1)
+    )
+
+
+def test_ema_average_swap_and_state():
+    torch.manual_seed(0)
+    m = Toy()
+    ema = ModelEMA(m, decay=0.9)
+    assert "frozen.weight" not in ema.shadow and "adapter.1.running_mean" in ema.shadow
+    w0 = m.embeds.detach().clone()
+    with torch.no_grad():
+        m.embeds.add_(1.0)
+    ema.update(m)
+    torch.testing.assert_close(ema.shadow["embeds"], 0.9 * w0 + 0.1 * (w0 + 1.0))
+    current = m.embeds.detach().clone()
+    with ema.swapped(m):
+        torch.testing.assert_close(m.embeds.detach(), ema.shadow["embeds"])
+    torch.testing.assert_close(m.embeds.detach(), current)
+    other = ModelEMA(Toy(), decay=0.5)
+    other.load_state_dict(ema.state_dict())
+    assert other.decay == 0.9 and other.num_updates == 1
+    torch.testing.assert_close(other.shadow["embeds"], ema.shadow["embeds"])
+    warm = ModelEMA(m, decay=0.9997, warmup=True)
+    assert warm.current_decay() == pytest.approx(0.1)
+
+
+def test_checkpoint_roundtrip_restores_training_state(tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), (torch.rand(8, 3) < 0.5).float()
+
+    def setup():
+        torch.manual_seed(1)
+        m = Toy()
+        opts = build_optimizers(m, lr=1e-2)
+        return (
+            m,
+            opts,
+            build_schedulers(opts, total_steps=10, warmup_steps=2),
+            ModelEMA(m, decay=0.5),
+        )
+
+    m, opts, scheds, ema = setup()
+    scaler = make_grad_scaler(torch.device("cpu"), enabled=False)
+    for _ in range(3):
+        train_step(m, x, y, None, opts, schedulers=scheds, ema=ema)
+    path = tmp_path / "ck" / "last.pt"
+    seed_everything(123)
+    save_checkpoint(path, model=m, optimizers=opts, schedulers=scheds, scaler=scaler, ema=ema, epoch=2, step=3,
+                    extra={"seed": 7})  # fmt: skip
+    expect_draws = (torch.rand(3), np.random.rand(), random.random())
+    for _ in range(2):
+        train_step(m, x, y, None, opts, schedulers=scheds, ema=ema)
+    expect_w = m.embeds.detach().clone()
+
+    m2, opts2, scheds2, ema2 = setup()
+    ck = load_checkpoint(
+        path, model=m2, optimizers=opts2, schedulers=scheds2, scaler=scaler, ema=ema2
+    )
+    assert ck.epoch == 2 and ck.step == 3 and ck.extra == {"seed": 7}
+    draws = (torch.rand(3), np.random.rand(), random.random())
+    torch.testing.assert_close(draws[0], expect_draws[0])
+    assert draws[1:] == expect_draws[1:]
+    for _ in range(2):
+        train_step(m2, x, y, None, opts2, schedulers=scheds2, ema=ema2)
+    torch.testing.assert_close(m2.embeds.detach(), expect_w, rtol=0, atol=0)
+    torch.testing.assert_close(ema2.shadow["embeds"], ema.shadow["embeds"], rtol=0, atol=0)
+    assert opts2[0].param_groups[0]["lr"] == opts[0].param_groups[0]["lr"]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    m = Toy()
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, model=m, epoch=1)
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(path, model=m, epoch=2)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.pt"]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"expected 1 optimizers as saved in .*last.pt, got 0"):
+        save_checkpoint(path, model=m, optimizers=build_optimizers(nn.Linear(1, 1), lr=1e-3))
+        load_checkpoint(path, model=m)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt", model=m)
+
+
+def test_rng_state_roundtrip():
+    seed_everything(5)
+    state = capture_rng_state()
+    a = (torch.randn(2), np.random.randn(), random.random())
+    restore_rng_state(state)
+    b = (torch.randn(2), np.random.randn(), random.random())
+    torch.testing.assert_close(a[0], b[0])
+    assert a[1:] == b[1:]
+
+
+def test_shard_sampler_covers_each_index_once():
+    shards = [list(ShardSampler(11, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(11))
+    assert [len(ShardSampler(11, rank=r, world_size=3)) for r in range(3)] == [4, 4, 3]
+    assert all_gather_objects({"a": 1}) == [{"a": 1}]
+
+
+def test_train_step_benchmark_runs(capsys):
+    from ram_ot.bench.train_step import main
+
+    n = torch.get_num_threads()
+    try:
+        assert (
+            main(
+                [
+                    "--steps",
+                    "2",
+                    "--repeats",
+                    "1",
+                    "--batch-size",
+                    "4",
+                    "--labels",
+                    "6",
+                    "--threads",
+                    "1",
+                ]
+            )
+            == 0
+        )
+    finally:
+        torch.set_num_threads(n)
+    out = capsys.readouterr().out
+    for name in ("bare loop", "script step", "script + checkpoint"):
+        assert name in out
