@@ -5,6 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+# Triton reads TRITON_INTERPRET once, when it is first imported — and open_clip imports it
+# (through timm) — so without CUDA the interpreter is switched on here, before any test
+# module is collected. The Triton kernel tests (tests/test_triton.py) then run on CPU tensors.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Keep the suite predictable on the 2-core CI machine.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

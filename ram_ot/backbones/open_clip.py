@@ -14,6 +14,8 @@ and smoke runs work offline in well under a second; its random weights carry no 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -76,6 +78,28 @@ def _looks_like_path(pretrained: str) -> bool:
     )
 
 
+class _DropRandomInitNotice(logging.Filter):
+    """Drop open_clip's "No pretrained weights loaded" notice (random init was asked for)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init(active: bool):
+    """While building a model with ``pretrained=None``, silence open_clip's root-logger notice."""
+    if not active:
+        yield
+        return
+    root = logging.getLogger()
+    notice = _DropRandomInitNotice()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
+
+
 def load_clip(
     model_name: str = "ViT-B-16",
     pretrained: str | os.PathLike | None = "openai",
@@ -132,15 +156,16 @@ def load_clip(
     device = torch.device("cpu") if device is None else torch.device(device)
     # With no CLIP checkpoint, also skip the default per-tower weights (hf text towers would
     # otherwise be downloaded): pretrained=None means no download on any code path.
-    model = open_clip.create_model(
-        model_name,
-        pretrained=pretrained,
-        precision=precision,
-        device=device,
-        cache_dir=cache_dir,
-        pretrained_image=False,
-        pretrained_text=pretrained is not None,
-    )
+    with _quiet_random_init(pretrained is None):
+        model = open_clip.create_model(
+            model_name,
+            pretrained=pretrained,
+            precision=precision,
+            device=device,
+            cache_dir=cache_dir,
+            pretrained_image=False,
+            pretrained_text=pretrained is not None,
+        )
     tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
     return freeze(model), tokenizer, _preprocess_for(model)
 

@@ -19,7 +19,9 @@ from torch import Tensor
 __all__ = ["official_sinkhorn"]
 
 
-def official_sinkhorn(a: Tensor, b: Tensor, cost: Tensor, reg: float, max_iter: int = 100, thresh: float = 1e-3) -> Tensor:
+def official_sinkhorn(
+    a: Tensor, b: Tensor, cost: Tensor, reg: float, max_iter: int = 100, thresh: float = 1e-3
+) -> Tensor:
     """Scaling-domain Sinkhorn with the reference's order of operations.
 
     Args:

@@ -56,13 +56,23 @@ def bandwidth(n_bytes: int = 1 << 28, repeat: int = 5) -> float:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ram_ot.bench sinkhorn", description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per solver (best is kept)")
+    parser = argparse.ArgumentParser(
+        prog="python -m ram_ot.bench sinkhorn", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="timed runs per solver (best is kept)"
+    )
     parser.add_argument("--iters", type=int, default=100, help="iterations forced on every solver")
     parser.add_argument("--reg", type=float, default=0.1, help="entropic regularisation")
-    parser.add_argument("--shapes", nargs="*", default=None, help="B,N,M triples (default: the three KCOT shapes)")
+    parser.add_argument(
+        "--shapes", nargs="*", default=None, help="B,N,M triples (default: the three KCOT shapes)"
+    )
     args = parser.parse_args(argv)
-    shapes = SHAPES if not args.shapes else tuple(tuple(int(s) for s in t.split(",")) for t in args.shapes)
+    shapes = (
+        SHAPES
+        if not args.shapes
+        else tuple(tuple(int(s) for s in t.split(",")) for t in args.shapes)
+    )
 
     try:
         from ot.batch import bregman_projection_batch
@@ -81,14 +91,25 @@ def main(argv: list[str]) -> int:
     reg, it = args.reg, args.iters
     for shape in shapes:
         cost, a, b = kcot_problem(*shape)
-        t_off = _best(lambda: official_sinkhorn(a, b, cost, reg, max_iter=it, thresh=0.0), args.repeat)
+        t_off = _best(
+            lambda c=cost, a=a, b=b: official_sinkhorn(a, b, c, reg, max_iter=it, thresh=0.0),
+            args.repeat,
+        )
         if bregman_projection_batch is not None:
             t_pot = _best(
-                lambda: bregman_projection_batch(torch.exp(-cost / reg), a, b, max_iter=it, tol=0.0), args.repeat
+                lambda c=cost, a=a, b=b: bregman_projection_batch(
+                    torch.exp(-c / reg), a, b, max_iter=it, tol=0.0
+                ),
+                args.repeat,
             )
         else:
             t_pot = float("nan")
-        t_ours = _best(lambda: sinkhorn(cost, a, b, reg=reg, max_iter=it, tol=0.0, backend="torch"), args.repeat)
+        t_ours = _best(
+            lambda c=cost, a=a, b=b: sinkhorn(
+                c, a, b, reg=reg, max_iter=it, tol=0.0, backend="torch"
+            ),
+            args.repeat,
+        )
         bound = it * 2 * cost.numel() * 4 / bw
         name = f"{shape} {LABELS.get(shape, '')}".strip()
         print(

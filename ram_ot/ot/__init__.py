@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -76,9 +76,13 @@ def _parse_reg_m(reg_m: Any, reg: float) -> tuple[float, float]:
         reg_m = reg_m.tolist()
     if isinstance(reg_m, Sequence) and not isinstance(reg_m, str):
         if len(reg_m) != 2:
-            raise ValueError(f"{_FN}: expected `reg_m` to be None, a number or a pair, got {len(reg_m)} values.")
-        pair = (check_positive(_FN, "reg_m[0]", reg_m[0], allow_inf=True),
-                check_positive(_FN, "reg_m[1]", reg_m[1], allow_inf=True))
+            raise ValueError(
+                f"{_FN}: expected `reg_m` to be None, a number or a pair, got {len(reg_m)} values."
+            )
+        pair = (
+            check_positive(_FN, "reg_m[0]", reg_m[0], allow_inf=True),
+            check_positive(_FN, "reg_m[1]", reg_m[1], allow_inf=True),
+        )
     else:
         v = check_positive(_FN, "reg_m", reg_m, allow_inf=True)
         pair = (v, v)
@@ -98,14 +102,22 @@ def _prep_mask(name: str, mask: Tensor | None, shape: list, device: torch.device
         return None
     check_shape(_FN, name, mask, shape)
     if mask.dtype != torch.bool:
-        raise TypeError(f"{_FN}: expected `{name}` with dtype bool, got {str(mask.dtype).replace('torch.', '')}.")
+        raise TypeError(
+            f"{_FN}: expected `{name}` with dtype bool, got {str(mask.dtype).replace('torch.', '')}."
+        )
     if mask.device != device:
         raise ValueError(f"{_FN}: expected `{name}` on {device} like `cost`, got {mask.device}.")
     return mask
 
 
 def _prep_mass(
-    name: str, x: Tensor | None, mask: Tensor | None, shape: list, B: int, n: int, dtype: torch.dtype,
+    name: str,
+    x: Tensor | None,
+    mask: Tensor | None,
+    shape: list,
+    B: int,
+    n: int,
+    dtype: torch.dtype,
     device: torch.device,
 ) -> Tensor:
     """Masses in the iteration dtype, zero on masked entries; uniform over real entries if None."""
@@ -127,7 +139,9 @@ def _prep_mass(
 def _safe_log(x: Tensor) -> Tensor:
     """``log x`` with ``-inf`` where x == 0 and a finite gradient everywhere."""
     pos = x > 0
-    return torch.where(pos, torch.log(torch.where(pos, x, torch.ones_like(x))), torch.full_like(x, -math.inf))
+    return torch.where(
+        pos, torch.log(torch.where(pos, x, torch.ones_like(x))), torch.full_like(x, -math.inf)
+    )
 
 
 def sinkhorn(
@@ -212,7 +226,9 @@ def sinkhorn(
     check_tensor(_FN, "cost", cost)
     check_floating(_FN, "cost", cost)
     if cost.dim() not in (2, 3):
-        raise ValueError(f"{_FN}: expected `cost` of shape (B, N, M) or (N, M), got {tuple(cost.shape)}.")
+        raise ValueError(
+            f"{_FN}: expected `cost` of shape (B, N, M) or (N, M), got {tuple(cost.shape)}."
+        )
     unbatched = cost.dim() == 2
     if any(s == 0 for s in cost.shape):
         raise ValueError(f"{_FN}: expected a non-empty `cost`, got shape {tuple(cost.shape)}.")
@@ -247,8 +263,11 @@ def sinkhorn(
         if x is not None:
             check_shape(_FN, name, x, shape)
             check_floating(_FN, name, x)
-    dtype = torch.float64 if torch.float64 in (cost.dtype, getattr(a, "dtype", None), getattr(b, "dtype", None)) \
+    dtype = (
+        torch.float64
+        if torch.float64 in (cost.dtype, getattr(a, "dtype", None), getattr(b, "dtype", None))
         else torch.float32
+    )
     if unbatched:
         a = None if a is None else a.unsqueeze(0)
         b = None if b is None else b.unsqueeze(0)
@@ -258,7 +277,9 @@ def sinkhorn(
 
     name = resolve_backend(backend, device, grad)
     solve = get_solver(name)
-    params = dict(reg=reg, fi_a=fi_a, fi_b=fi_b, max_iter=max_iter, tol=tol, check_every=check_every)
+    params = dict(
+        reg=reg, fi_a=fi_a, fi_b=fi_b, max_iter=max_iter, tol=tol, check_every=check_every
+    )
 
     autocast_off = (
         torch.autocast(device_type=device.type, enabled=False)
@@ -275,7 +296,9 @@ def sinkhorn(
             ma = mask_a if mask_a is not None else torch.ones(B, N, dtype=torch.bool, device=device)
             mb = mask_b if mask_b is not None else torch.ones(B, M, dtype=torch.bool, device=device)
             # padding may hold garbage (inf/NaN): replace it, it carries no mass anyway
-            C = torch.where(ma[:, :, None] & mb[:, None, :], C, torch.zeros((), dtype=dtype, device=device))
+            C = torch.where(
+                ma[:, :, None] & mb[:, None, :], C, torch.zeros((), dtype=dtype, device=device)
+            )
         log_a, log_b = _safe_log(mass_a), _safe_log(mass_b)
         balanced = fi_a == 1.0 and fi_b == 1.0
         if reg_type == "kl" and not balanced:
@@ -297,7 +320,9 @@ def sinkhorn(
         else:
             from ram_ot.ot._implicit import ImplicitPotentials
 
-            f, g, n_iter, error = ImplicitPotentials.apply(C_solve.contiguous(), log_a, log_b, solve, params)
+            f, g, n_iter, error = ImplicitPotentials.apply(
+                C_solve.contiguous(), log_a, log_b, solve, params
+            )
         if la0 is not None:
             # potentials of the "entropy" problem with cost C_solve -> potentials for C
             f = f + reg * la0
@@ -345,10 +370,21 @@ def _check_values(
         flags = torch.stack([ok_a, ok_b, pos_a, pos_b]).tolist()
     for ok, name in zip(flags[:2], ("a", "b")):
         if not ok:
-            raise ValueError(f"{_FN}: expected `{name}` to be finite and >= 0, got a negative or non-finite entry.")
+            raise ValueError(
+                f"{_FN}: expected `{name}` to be finite and >= 0, got a negative or non-finite entry."
+            )
     for ok, name, mask in zip(flags[2:], ("a", "b"), (mask_a, mask_b)):
         if not ok:
             extra = f" (or `mask_{name}` marks no real entry)" if mask is not None else ""
-            raise ValueError(f"{_FN}: expected `{name}` with a positive total mass in every problem, got zero{extra}.")
+            raise ValueError(
+                f"{_FN}: expected `{name}` with a positive total mass in every problem, got zero{extra}."
+            )
     if validate:
+        if mask_a is not None or mask_b is not None:
+            real = torch.ones(cost.shape, dtype=torch.bool, device=cost.device)
+            if mask_a is not None:
+                real = real & mask_a[:, :, None]
+            if mask_b is not None:
+                real = real & mask_b[:, None, :]
+            cost = cost.masked_fill(~real, 0.0)  # padding may hold anything
         check_finite(_FN, "cost", cost)

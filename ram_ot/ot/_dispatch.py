@@ -14,7 +14,14 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["BACKENDS", "ENV_VAR", "available_backends", "resolve_backend", "get_solver", "triton_status"]
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "available_backends",
+    "resolve_backend",
+    "get_solver",
+    "triton_status",
+]
 
 BACKENDS = ("torch", "triton")
 ENV_VAR = "RAM_OT_SINKHORN_BACKEND"
@@ -69,7 +76,9 @@ def resolve_backend(backend: str, device: torch.device, grad: str, fn: str = "si
         if env:
             if env not in choices:
                 opts = ", ".join(repr(c) for c in choices)
-                raise ValueError(f"{fn}: expected the environment variable {ENV_VAR} to be one of {opts}, got {env!r}.")
+                raise ValueError(
+                    f"{fn}: expected the environment variable {ENV_VAR} to be one of {opts}, got {env!r}."
+                )
             backend, source = env, f"{ENV_VAR}"
     if backend == "torch":
         return "torch"
@@ -81,7 +90,9 @@ def resolve_backend(backend: str, device: torch.device, grad: str, fn: str = "si
             )
         ok, reason = triton_status(device)
         if not ok:
-            raise RuntimeError(f"{fn}: backend='triton' (set by {source}) cannot run on {device}: {reason}.")
+            raise RuntimeError(
+                f"{fn}: backend='triton' (set by {source}) cannot run on {device}: {reason}."
+            )
         return "triton"
     # auto
     if grad != "unroll" and device.type == "cuda" and triton_status(device)[0]:

@@ -99,7 +99,12 @@ class ImplicitPotentials(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, cost: Tensor, log_a: Tensor, log_b: Tensor, solve: Callable[..., Any], params: dict
+        ctx: Any,
+        cost: Tensor,
+        log_a: Tensor,
+        log_b: Tensor,
+        solve: Callable[..., Any],
+        params: dict,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         with torch.no_grad():
             f, g, n_iter, error = solve(cost.detach(), log_a.detach(), log_b.detach(), **params)

@@ -79,10 +79,20 @@ def solve_potentials(
         n_iter: (B,) int64. Iterations run per problem.
         error: (B,) dtype of `cost`. Error at the last test.
     """
-    grad = torch.is_grad_enabled() and (cost.requires_grad or log_a.requires_grad or log_b.requires_grad)
+    grad = torch.is_grad_enabled() and (
+        cost.requires_grad or log_a.requires_grad or log_b.requires_grad
+    )
     solver = solve_scaling if (cost.device.type == "cpu" and not grad) else solve_lse
     return solver(
-        cost, log_a, log_b, reg=reg, fi_a=fi_a, fi_b=fi_b, max_iter=max_iter, tol=tol, check_every=check_every
+        cost,
+        log_a,
+        log_b,
+        reg=reg,
+        fi_a=fi_a,
+        fi_b=fi_b,
+        max_iter=max_iter,
+        tol=tol,
+        check_every=check_every,
     )
 
 
@@ -90,7 +100,9 @@ def _is_check(k: int, max_iter: int, tol: float, check_every: int) -> bool:
     return k == max_iter or (tol > 0 and k % check_every == 0)
 
 
-def _unbalanced_error(f: Tensor, f_prev: Tensor, g: Tensor, g_prev: Tensor, real_a: Tensor, real_b: Tensor) -> Tensor:
+def _unbalanced_error(
+    f: Tensor, f_prev: Tensor, g: Tensor, g_prev: Tensor, real_a: Tensor, real_b: Tensor
+) -> Tensor:
     """``max_i |f_i − f'_i| + max_j |g_j − g'_j|`` over real entries; (B,)."""
     df = torch.where(real_a, f - f_prev, torch.zeros_like(f)).abs().amax(dim=1)
     dg = torch.where(real_b, g - g_prev, torch.zeros_like(g)).abs().amax(dim=1)
@@ -144,7 +156,9 @@ def solve_lse(
         g_new = fi_b * (ra_log_b - reg * lse_col)
         last = k == max_iter
         need_row = not last or (check and balanced)
-        lse_row_new = torch.logsumexp(g_new[:, None, :] / reg - c_reg, dim=2) if need_row else lse_row
+        lse_row_new = (
+            torch.logsumexp(g_new[:, None, :] / reg - c_reg, dim=2) if need_row else lse_row
+        )
 
         if check:
             if balanced:
@@ -190,25 +204,41 @@ class _Limits:
 
 
 class _Kernel:
-    """``K_ij = exp((fa_i + ga_j − C_ij)/reg)`` stored with its longer side contiguous.
+    """``K_ij = exp((fa_i + ga_j − C_ij)/reg)`` and its matrix-vector products ``Kv``, ``Kᵀu``.
 
-    A matrix-vector product per problem (``torch.mv`` on a (R, S) view, or on its transpose)
-    reads the matrix at close to memory bandwidth on CPUs and runs on one thread, while a
-    batched ``torch.bmm`` with a single row or column is several times slower and, on a
-    loaded machine, waits for its worker threads. The faster of the two layouts is the one
-    whose rows are the longer side. ``Cl`` is the cost in the same layout.
+    Two ways to read the kernel, both in the fast row-vector form on CPUs:
+
+    * ``"bmm"`` (several intra-op threads): K (B, N, M) and a transposed copy (B, M, N), and
+      ``bmm(vᵀ, Kᵀ)``, ``bmm(uᵀ, K)``; torch spreads the batch over its threads.
+    * ``"mv"`` (one thread): one ``torch.mv`` per problem on a single copy stored with its
+      longer side contiguous (the faster layout); no transposed copy, and it never waits for
+      worker threads (much faster than ``bmm`` when other processes load the cores).
+
+    ``Cl`` is the cost in the storage layout (a view).
     """
 
-    def __init__(self, cost: Tensor, reg: float, lim: _Limits) -> None:
-        self.t = cost.shape[1] > cost.shape[2]  # store K^T as (B, M, N)
-        self.Cl = cost.transpose(1, 2) if self.t else cost  # a view: read once per rebuild
+    def __init__(self, cost: Tensor, reg: float, lim: _Limits, mode: str) -> None:
+        self.mode = mode
+        self.t = mode == "mv" and cost.shape[1] > cost.shape[2]  # store K^T as (B, M, N)
+        self.Cl = cost.transpose(1, 2) if self.t else cost
         self.reg, self.lim = reg, lim
         self.L = torch.empty(self.Cl.shape, dtype=cost.dtype, device=cost.device)
-        Ls = self.L.unbind(0)
-        LTs = [x.T for x in Ls]
-        # Kv (rows of the plan) and K^T u (columns) as per-problem matrix-vector products
-        self._rows = LTs if self.t else Ls
-        self._cols = Ls if self.t else LTs
+        if mode == "bmm":
+            self.LT = torch.empty_like(
+                self.L.transpose(1, 2), memory_format=torch.contiguous_format
+            )
+        else:
+            Ls = self.L.unbind(0)
+            LTs = [x.T for x in Ls]
+            self._rows = LTs if self.t else Ls  # Kv: one mv per problem
+            self._cols = Ls if self.t else LTs  # K^T u
+
+    def bind(self, u: Tensor, v: Tensor, Kv: Tensor, Ktu: Tensor) -> None:
+        """Register the persistent buffers the products read and write (in place)."""
+        self.u, self.v, self.Kv, self.Ktu = u, v, Kv, Ktu
+        if self.mode == "mv":
+            self.us, self.vs = u.unbind(0), v.unbind(0)
+            self.Kvs, self.Ktus = Kv.unbind(0), Ktu.unbind(0)
 
     def _build(self, Cl: Tensor, fa: Tensor, ga: Tensor, out: Tensor | None = None) -> Tensor:
         rp, cp = (ga, fa) if self.t else (fa, ga)
@@ -220,20 +250,31 @@ class _Kernel:
 
     def set_all(self, fa: Tensor, ga: Tensor) -> None:
         self._build(self.Cl, fa, ga, out=self.L)
+        if self.mode == "bmm":
+            self.LT.copy_(self.L.transpose(1, 2))
 
     def set_some(self, idx: Tensor, fa: Tensor, ga: Tensor) -> None:
         """Rebuild problems `idx` from their absorbed potentials ``fa (b, N)``, ``ga (b, M)``."""
-        self.L[idx] = self._build(self.Cl[idx], fa, ga)
+        K = self._build(self.Cl[idx], fa, ga)
+        self.L[idx] = K
+        if self.mode == "bmm":
+            self.LT[idx] = K.transpose(1, 2)
 
-    def rows(self, v: list[Tensor], out: list[Tensor], active: list[int]) -> None:
-        """``out[i] = K_i v_i`` for the problems in `active` (lists of per-problem views)."""
-        mats = self._rows
+    def rows(self, active: list[int]) -> None:
+        """``Kv[i] = K_i v_i`` (in place) for the problems in `active` (all of them for bmm)."""
+        if self.mode == "bmm":
+            torch.bmm(self.v[:, None, :], self.LT, out=self.Kv[:, None, :])  # (B,1,M)@(B,M,N)
+            return
+        mats, v, out = self._rows, self.vs, self.Kvs
         for i in active:
             torch.mv(mats[i], v[i], out=out[i])
 
-    def cols(self, u: list[Tensor], out: list[Tensor], active: list[int]) -> None:
-        """``out[i] = K_i^T u_i`` for the problems in `active`."""
-        mats = self._cols
+    def cols(self, active: list[int]) -> None:
+        """``Ktu[i] = K_i^T u_i`` (in place) for the problems in `active`."""
+        if self.mode == "bmm":
+            torch.bmm(self.u[:, None, :], self.L, out=self.Ktu[:, None, :])  # (B,1,N)@(B,N,M)
+            return
+        mats, u, out = self._cols, self.us, self.Ktus
         for i in active:
             torch.mv(mats[i], u[i], out=out[i])
 
@@ -264,7 +305,9 @@ class _Kernel:
         return self.Cl.masked_fill(~real_b[:, None, :], math.inf).amin(dim=2)
 
 
-def _out_of_range(x: Tensor, absent: Tensor | None, fill: float, lo: float, hi: float, active: Tensor) -> list[int]:
+def _out_of_range(
+    x: Tensor, absent: Tensor | None, fill: float, lo: float, hi: float, active: Tensor
+) -> list[int]:
     """Active problems with a real entry of `x` outside [lo, hi] (NaN included)."""
     if absent is not None:
         x = x.masked_fill(absent, fill)  # absent entries (0 or -inf) are not tested
@@ -317,7 +360,9 @@ def solve_scaling(
     a, b = torch.exp(la), torch.exp(lb)
     ones_a, ones_b = ra.to(dtype), rb.to(dtype)
 
-    ker = _Kernel(cost, reg, lim)
+    # bmm spreads the batch over torch's threads; with one thread, per-problem mv is faster
+    mode = "bmm" if (torch.get_num_threads() > 1 or N * M <= 1 << 16) else "mv"
+    ker = _Kernel(cost, reg, lim, mode)
     # Initial absorption: fa_i = min_j C_ij + reg·log a_i and ga_j = reg·log b_j, so that
     # K_ij <= a_i·b_j with equality at each row minimum; v_j = 1/b_j gives g = 0 (the
     # contract's start) and u = a/(Kv) in [1/M, 1].
@@ -334,10 +379,11 @@ def solve_scaling(
     v = torch.where(rb, torch.exp(-lb), torch.zeros_like(lb))
     Kv = torch.empty_like(la)
     Ktu = torch.empty_like(lb)
-    us, vs, Kvs, Ktus = u.unbind(0), v.unbind(0), Kv.unbind(0), Ktu.unbind(0)
+    ker.bind(u, v, Kv, Ktu)
+    skip_a, skip_b = absent_a, absent_b  # entries the range test ignores (absent or finished)
     active_mask = torch.ones(B, dtype=torch.bool, device=device)
     active = list(range(B))
-    ker.rows(vs, Kvs, active)
+    ker.rows(active)
 
     for k in range(1, max_iter + 1):
         check = _is_check(k, max_iter, tol, check_every)
@@ -350,10 +396,10 @@ def solve_scaling(
             Kv.clamp_min_(lim.tiny)  # absent rows have Kv = 0
         if balanced:
             torch.div(a, Kv, out=u)
-            bad = _out_of_range(u, absent_a, 1.0, lim.u_lo, lim.u_hi, active_mask)
+            bad = _out_of_range(u, skip_a, 1.0, lim.u_lo, lim.u_hi, active_mask)
         else:
             torch.pow(Kv, -fi_a, out=u).mul_(ea)
-            bad = _out_of_range(u, absent_a, 1.0, lim.u_lo, lim.u_hi, active_mask)
+            bad = _out_of_range(u, skip_a, 1.0, lim.u_lo, lim.u_hi, active_mask)
         if bad:
             i = torch.tensor(bad, device=device)
             g_abs = ga[i] + reg * torch.log(v[i])
@@ -366,15 +412,15 @@ def solve_scaling(
                 eb[i] = torch.exp(fi_b * lb[i] - cb * torch.where(rb[i], ga[i], 0.0))
 
         # g-update: v = (b / K^T u)^fi_b · exp(−(1 − fi_b)·ga/reg)
-        ker.cols(us, Ktus, active)
+        ker.cols(active)
         if masked:
             Ktu.clamp_min_(lim.tiny)
         if balanced:
             torch.div(b, Ktu, out=v)
-            bad = _out_of_range(v, absent_b, 1.0, lim.u_lo, lim.u_hi, active_mask)
+            bad = _out_of_range(v, skip_b, 1.0, lim.u_lo, lim.u_hi, active_mask)
         else:
             torch.pow(Ktu, -fi_b, out=v).mul_(eb)
-            bad = _out_of_range(v, absent_b, 1.0, lim.u_lo, lim.u_hi, active_mask)
+            bad = _out_of_range(v, skip_b, 1.0, lim.u_lo, lim.u_hi, active_mask)
         if bad:
             i = torch.tensor(bad, device=device)
             f_abs = fa[i] + reg * torch.log(u[i])
@@ -388,14 +434,18 @@ def solve_scaling(
 
         last = k == max_iter
         if not last or balanced:
-            ker.rows(vs, Kvs, active)  # the plan's row sums are u·Kv
+            ker.rows(active)  # the plan's row sums are u·Kv
         if not check:
             continue
         if balanced:
             err = (u * Kv - a).abs().sum(dim=1)
         else:
-            err = _unbalanced_error(fa + reg * torch.log(u), f_prev, ga + reg * torch.log(v), g_prev, ra, rb)
-        stop = active_mask & ((err < tol) if (tol > 0 and not last) else torch.full_like(active_mask, last))
+            err = _unbalanced_error(
+                fa + reg * torch.log(u), f_prev, ga + reg * torch.log(v), g_prev, ra, rb
+            )
+        stop = active_mask & (
+            (err < tol) if (tol > 0 and not last) else torch.full_like(active_mask, last)
+        )
         if not bool(stop.any()):
             continue
         out_f[stop] = (fa + reg * torch.log(u))[stop]
@@ -403,6 +453,17 @@ def solve_scaling(
         error[stop] = err[stop]
         n_iter[stop] = k
         active_mask = active_mask & ~stop
+        # finished problems keep being multiplied in bmm mode: exclude them from the test
+        skip_a = (
+            ~active_mask[:, None].expand(B, N)
+            if absent_a is None
+            else absent_a | ~active_mask[:, None]
+        )
+        skip_b = (
+            ~active_mask[:, None].expand(B, M)
+            if absent_b is None
+            else absent_b | ~active_mask[:, None]
+        )
         active = active_mask.nonzero()[:, 0].tolist()
         if not active:
             break
