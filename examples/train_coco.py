@@ -93,6 +93,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--pretrained", default="openai", help="open_clip tag or checkpoint file; 'none' = random"
     )
+    p.add_argument(
+        "--text-deep-layers", type=int, nargs="+", metavar="L",
+        help="text layers with deep prompts (default: the last 3; the reference's NUS-WIDE config: 6 7 8 9 10 11)",
+    )  # fmt: skip
+    p.add_argument(
+        "--temperature-local", type=float, default=2e-3,
+        help="initial local temperature (%(default)s; the reference's NUS-WIDE config: 2e-4)",
+    )  # fmt: skip
     p.add_argument("--epochs", type=int, help="epochs (default 6; demo 3)")
     p.add_argument(
         "--batch-size", type=int, help="global batch size, split over processes (default 32)"
@@ -224,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             args.model,
             None if args.pretrained.lower() == "none" else args.pretrained,
             device=dist.device,
+            text_deep_layers=args.text_deep_layers,
+            temperature_local=args.temperature_local,
         )
     seed_everything(args.seed + dist.rank)  # then different augmentations per rank
 

@@ -3,12 +3,12 @@
 Small composable PyTorch parts (Tan et al., *Recover and Match: Open-Vocabulary Multi-Label
 Recognition through Knowledge-Constrained Optimal Transport*, CVPR 2025, arXiv 2503.15337):
 
-- :func:`sinkhorn`: batched, log-stabilised entropic (and unbalanced) optimal transport;
-- :class:`KnowledgeConstrainedOT`, :func:`teacher_prior`: region-to-label matching (§3.3);
-- :class:`KCOTHead`: the bolt-on matching head for features from any backbone;
-- :class:`LadderLocalAdapter`, :class:`LocalAdapter`: recovering CLIP's local semantics (§3.2);
-- :class:`PromptEncoder`: label names to text embeddings;
-- :class:`RAM`, :func:`build_ram`: the assembled model over an open_clip ViT;
+- :func:`~ram_ot.ot.sinkhorn`: batched, log-stabilised entropic (and unbalanced) optimal transport;
+- :class:`~ram_ot.kcot.KnowledgeConstrainedOT`, :func:`~ram_ot.kcot.teacher_prior`: region-to-label matching (§3.3);
+- :class:`~ram_ot.heads.KCOTHead`: the bolt-on matching head for features from any backbone;
+- :class:`~ram_ot.adapters.LadderLocalAdapter`, :class:`~ram_ot.adapters.LocalAdapter`: recovering CLIP's local semantics (§3.2);
+- :class:`~ram_ot.prompts.PromptEncoder`: label names to text embeddings;
+- :class:`~ram_ot.model.RAM`, :func:`~ram_ot.model.build_ram`: the assembled model over an open_clip ViT;
 - losses and the OVMLR metrics by their function names.
 
 The public API is what ``__all__`` lists; modules and names starting with ``_`` are private.

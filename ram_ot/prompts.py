@@ -215,7 +215,7 @@ class PromptEncoder(nn.Module):
             classnames: C >= 1 label names (free text).
 
         Returns:
-            (C, D) in the text tower's dtype: one embedding per label (unit norm when
+            Tensor: (C, D) in the text tower's dtype, one embedding per label (unit norm when
             several templates are ensembled, raw text-tower output otherwise).
         """
         names = self._check_classnames(classnames)

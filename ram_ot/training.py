@@ -603,8 +603,11 @@ class EpochStats(NamedTuple):
     """Summary of :func:`train_one_epoch`.
 
     Attributes:
-        loss: mean training loss. steps: optimiser steps in the epoch. images: images seen
-        (this rank). seconds: wall time. step: global step count after the epoch.
+        loss: mean training loss.
+        steps: optimiser steps in the epoch.
+        images: images seen by this rank.
+        seconds: wall time.
+        step: global step count after the epoch.
     """
 
     loss: float

@@ -95,7 +95,7 @@ class MultiLabelDataset(Dataset):
         check_files: check at construction that every image file exists (one ``stat`` each).
         verify_images: also decode each image's header at construction (slower).
         on_error: ``"raise"`` (default) or ``"skip"`` missing / unreadable images, counted in
-            :attr:`skipped`.
+            ``skipped``.
         source: where the samples came from, used in messages.
 
     Items:
@@ -499,7 +499,7 @@ def voc2007(
             ``on_error="skip"`` also skips a missing XML and unknown object names.
 
     Returns:
-        A :class:`MultiLabelDataset` over :data:`VOC2007_CLASSES`.
+        A :class:`MultiLabelDataset` over ``VOC2007_CLASSES``.
     """
     fn = "voc2007"
     check_choice(fn, "on_error", on_error, _ON_ERROR)

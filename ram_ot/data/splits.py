@@ -31,7 +31,7 @@ class ClassSplit(NamedTuple):
 
     @property
     def gzsl(self) -> tuple[str, ...]:
-        """All labels in GZSL order: ``sorted(seen) + sorted(unseen)``."""
+        """The labels in GZSL order, ``sorted(seen) + sorted(unseen)``."""
         return self.seen + self.unseen
 
     @classmethod
