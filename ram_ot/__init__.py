@@ -22,10 +22,10 @@ from ram_ot.heads import HeadOutput, KCOTHead
 from ram_ot.kcot import KCOTOutput, KnowledgeConstrainedOT, teacher_prior
 from ram_ot.losses import AsymmetricLoss, MMCLoss, bce, mmc_loss
 from ram_ot.metrics import (
+    PRF1,
     APResult,
     EvalResult,
     MultiLabelMetrics,
-    PRF1,
     SplitResult,
     average_precision,
     evaluate,

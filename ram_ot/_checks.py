@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -53,7 +53,7 @@ def check_shape(
     fn: str,
     name: str,
     x: Tensor,
-    dims: Sequence[tuple[str, Optional[int]]],
+    dims: Sequence[tuple[str, int | None]],
 ) -> None:
     """Raise ValueError unless `x` has the shape named by `dims`.
 
