@@ -49,7 +49,7 @@ def _image_files(paths: list[str]) -> list[Path]:
 
 def _format(labels: list[str], probs: torch.Tensor, k: int) -> str:
     top = probs.topk(min(k, len(labels)))
-    return ", ".join(f"{labels[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist()))
+    return ", ".join(f"{labels[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             images = torch.stack([preprocess(Image.open(f).convert("RGB")) for f in batch]).to(device)
             out = model(images, label_emb)
             clip_probs = out.logits_global.softmax(dim=-1)
-            for f, ram_p, clip_p in zip(batch, out.scores, clip_probs):
+            for f, ram_p, clip_p in zip(batch, out.scores, clip_probs, strict=False):
                 print(f"{f.name}")
                 print(f"  RAM (v-v regions + KCOT): {_format(labels, ram_p, args.top_k)}")
                 print(f"  CLIP global:              {_format(labels, clip_p, args.top_k)}")

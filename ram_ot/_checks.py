@@ -69,7 +69,7 @@ def check_shape(
     """
     check_tensor(fn, name, x)
     sizes = [s for _, s in dims]
-    ok = x.dim() == len(dims) and all(s is None or s == d for s, d in zip(sizes, x.shape))
+    ok = x.dim() == len(dims) and all(s is None or s == d for s, d in zip(sizes, x.shape, strict=False))
     if not ok:
         letters = "(" + ", ".join(letter for letter, _ in dims) + ")"
         want = letters if all(s is None for s in sizes) else f"{letters} = {fmt_shape(sizes)}"

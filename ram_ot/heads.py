@@ -17,7 +17,8 @@ label set: C may change from call to call (open vocabulary).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F

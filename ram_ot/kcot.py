@@ -74,7 +74,7 @@ def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
 
 def _check_nonempty(fn: str, name: str, x: Tensor, letters: str) -> None:
     """Raise ValueError if a dimension of `x` is empty."""
-    for letter, size in zip(letters, x.shape):
+    for letter, size in zip(letters, x.shape, strict=False):
         if size == 0:
             raise ValueError(
                 f"{fn}: expected `{name}` of shape ({', '.join(letters)}) with {letter} >= 1, "

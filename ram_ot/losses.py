@@ -13,7 +13,7 @@ are float64), also when called under autocast with half-precision logits.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ def _check_targets(fn: str, targets: object, shape: tuple[int, ...], letters: st
         raise TypeError(
             f"{fn}: expected `targets` with a real dtype (bool, integer or floating), got {str(t.dtype).replace('torch.', '')}."
         )
-    check_shape(fn, "targets", t, list(zip(letters, shape)))
+    check_shape(fn, "targets", t, list(zip(letters, shape, strict=False)))
     return t
 
 

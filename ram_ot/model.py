@@ -15,8 +15,8 @@ frozen text tower's features of the plain template "A photo of a {}." (as the re
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -28,8 +28,8 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -581,9 +581,9 @@ def load_checkpoint(
                 f"load_checkpoint: expected {len(state[name])} {name} as saved in {path}, got {len(objs)}."
             )
     unwrap(model).load_state_dict(state["model"])
-    for o, s in zip(optimizers, state["optimizers"]):
+    for o, s in zip(optimizers, state["optimizers"], strict=False):
         o.load_state_dict(s)
-    for o, s in zip(schedulers, state["schedulers"]):
+    for o, s in zip(schedulers, state["schedulers"], strict=False):
         o.load_state_dict(s)
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])

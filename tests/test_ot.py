@@ -377,7 +377,7 @@ def test_implicit_gradients_match_unroll_and_finite_differences(reg_m, reg_type)
         assert math.isclose(float((ga * da).sum()), num_a, rel_tol=1e-5, abs_tol=1e-7)
     torch.testing.assert_close(grads["implicit"][0], grads["unroll"][0], rtol=1e-6, atol=1e-9)
     if reg_m is not None:
-        for gi, gu in zip(grads["implicit"][1:], grads["unroll"][1:]):
+        for gi, gu in zip(grads["implicit"][1:], grads["unroll"][1:], strict=False):
             torch.testing.assert_close(gi, gu, rtol=1e-6, atol=1e-9)
 
 
@@ -551,5 +551,5 @@ def test_single_thread_mv_path_matches_bmm_path(monkeypatch, shape, reg_m):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # per-problem mv, K or K^T layout
     out = solve_scaling(cost, la, lb, **kw)
     assert torch.equal(out[2], ref[2])
-    for x, y in zip(out[:2], ref[:2]):
+    for x, y in zip(out[:2], ref[:2], strict=False):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-10)

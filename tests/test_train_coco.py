@@ -78,7 +78,7 @@ def test_demo_end_to_end_and_resume_continues_exactly(tmp_path):
     assert [r["epoch"] for r in first] == [1]
     resumed = _run(tmp_path / "split", "--epochs", "2", "--ema", "--resume")
     assert [r["epoch"] for r in resumed] == [1, 2]
-    for a, b in zip(full, resumed):
+    for a, b in zip(full, resumed, strict=False):
         assert a == b  # losses and every metric, bit for bit
     ca, cb = (
         _model_state(tmp_path / "full" / "last.pt"),

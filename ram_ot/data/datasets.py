@@ -25,8 +25,8 @@ import random
 import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any, Callable, NamedTuple, Union
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Union
 
 import torch
 from torch import Tensor

@@ -16,8 +16,8 @@ was trained on; pass ``mean=REFERENCE_MEAN, std=REFERENCE_STD`` to reproduce the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ram_ot._checks import check_positive
 

@@ -368,12 +368,12 @@ def _check_values(
         pos_a = (a.sum(dim=1) > 0).all()
         pos_b = (b.sum(dim=1) > 0).all()
         flags = torch.stack([ok_a, ok_b, pos_a, pos_b]).tolist()
-    for ok, name in zip(flags[:2], ("a", "b")):
+    for ok, name in zip(flags[:2], ("a", "b"), strict=False):
         if not ok:
             raise ValueError(
                 f"{_FN}: expected `{name}` to be finite and >= 0, got a negative or non-finite entry."
             )
-    for ok, name, mask in zip(flags[2:], ("a", "b"), (mask_a, mask_b)):
+    for ok, name, mask in zip(flags[2:], ("a", "b"), (mask_a, mask_b), strict=False):
         if not ok:
             extra = f" (or `mask_{name}` marks no real entry)" if mask is not None else ""
             raise ValueError(

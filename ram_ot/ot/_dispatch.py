@@ -10,7 +10,8 @@ the reason. Triton is imported lazily here, never when :mod:`ram_ot` is imported
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

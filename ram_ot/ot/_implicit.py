@@ -20,7 +20,8 @@ of the plan) and the gradient under the gauge ``Σ_i w_i = 0`` otherwise.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
