@@ -553,3 +553,25 @@ def test_single_thread_mv_path_matches_bmm_path(monkeypatch, shape, reg_m):
     assert torch.equal(out[2], ref[2])
     for x, y in zip(out[:2], ref[:2], strict=False):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_cpu_grouping_gives_the_same_results(monkeypatch, balanced):
+    # The CPU path solves problems a cache-sized group at a time; problems are independent,
+    # so every output must equal the one-batch solve.
+    from ram_ot.ot import _torch
+
+    gen = torch.Generator().manual_seed(3)
+    cost = torch.rand(7, 13, 9, generator=gen) * 2
+    reg_m = None if balanced else (0.7, 2.0)
+    kw = dict(reg=0.05, reg_m=reg_m, max_iter=300, tol=1e-4, backend="torch")
+    monkeypatch.setattr(_torch, "CPU_CACHE_BUDGET", 1 << 40)
+    whole = sinkhorn(cost, **kw)
+    monkeypatch.setattr(_torch, "CPU_CACHE_BUDGET", 2 * 13 * 9 * 4 * 3)  # groups of 3 problems
+    assert _torch._cpu_group_size(cost) == 3
+    grouped = sinkhorn(cost, **kw)
+    assert torch.equal(whole.n_iter, grouped.n_iter)
+    assert torch.equal(whole.converged, grouped.converged)
+    # equal up to float32 rounding (batched products may sum in another order)
+    for x, y in zip(whole[:3], grouped[:3], strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)

@@ -83,17 +83,29 @@ def solve_potentials(
         cost.requires_grad or log_a.requires_grad or log_b.requires_grad
     )
     solver = solve_scaling if (cost.device.type == "cpu" and not grad) else solve_lse
-    return solver(
-        cost,
-        log_a,
-        log_b,
-        reg=reg,
-        fi_a=fi_a,
-        fi_b=fi_b,
-        max_iter=max_iter,
-        tol=tol,
-        check_every=check_every,
-    )
+    kwargs = dict(reg=reg, fi_a=fi_a, fi_b=fi_b, max_iter=max_iter, tol=tol, check_every=check_every)
+    group = _cpu_group_size(cost) if solver is solve_scaling else cost.shape[0]
+    if group >= cost.shape[0]:
+        return solver(cost, log_a, log_b, **kwargs)
+    # Problems are independent: solving them a few at a time keeps each group's kernel in
+    # cache across all its iterations instead of streaming the whole batch from memory twice
+    # per iteration. Same iterates (up to the rounding of the batched products).
+    parts = [
+        solver(cost[s : s + group], log_a[s : s + group], log_b[s : s + group], **kwargs)
+        for s in range(0, cost.shape[0], group)
+    ]
+    return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
+
+
+CPU_CACHE_BUDGET = 8 << 20
+"""Bytes of kernel (and its transposed copy) that one group of CPU problems may occupy."""
+
+
+def _cpu_group_size(cost: Tensor) -> int:
+    """How many (N, M) problems :func:`solve_scaling` takes at once on the CPU."""
+    _, N, M = cost.shape
+    per_problem = 2 * N * M * cost.element_size()  # the kernel and its transposed copy
+    return max(1, CPU_CACHE_BUDGET // per_problem)
 
 
 def _is_check(k: int, max_iter: int, tol: float, check_every: int) -> bool:
