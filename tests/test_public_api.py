@@ -40,6 +40,8 @@ def test_version_single_source():
 
 
 def test_import_has_no_heavy_side_effects():
-    code = "import sys, ram_ot; print('triton' in sys.modules, 'ram_ot.ot._triton' in sys.modules)"
+    # Triton (the GPU kernel) and open_clip (the backbones) load only when first used.
+    heavy = ["triton", "ram_ot.ot._triton", "open_clip"]
+    code = f"import sys, ram_ot; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.strip() == "[]"
