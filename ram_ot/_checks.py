@@ -69,14 +69,18 @@ def check_shape(
     """
     check_tensor(fn, name, x)
     sizes = [s for _, s in dims]
-    ok = x.dim() == len(dims) and all(s is None or s == d for s, d in zip(sizes, x.shape, strict=False))
+    ok = x.dim() == len(dims) and all(
+        s is None or s == d for s, d in zip(sizes, x.shape, strict=False)
+    )
     if not ok:
         letters = "(" + ", ".join(letter for letter, _ in dims) + ")"
         want = letters if all(s is None for s in sizes) else f"{letters} = {fmt_shape(sizes)}"
         raise ValueError(f"{fn}: expected `{name}` of shape {want}, got {tuple(x.shape)}.")
 
 
-def check_floating(fn: str, name: str, x: Tensor, allowed: Sequence[torch.dtype] = FLOATING) -> None:
+def check_floating(
+    fn: str, name: str, x: Tensor, allowed: Sequence[torch.dtype] = FLOATING
+) -> None:
     """Raise TypeError unless `x` has a floating dtype in `allowed`."""
     check_tensor(fn, name, x)
     if x.dtype not in allowed:
@@ -92,9 +96,13 @@ def check_positive(fn: str, name: str, value: Any, *, allow_inf: bool = False) -
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{fn}: expected `{name}` to be a positive number, got {value!r}.") from None
+        raise TypeError(
+            f"{fn}: expected `{name}` to be a positive number, got {value!r}."
+        ) from None
     if not (v > 0) or (math.isinf(v) and not allow_inf) or math.isnan(v):
-        raise ValueError(f"{fn}: expected `{name}` > 0{'' if allow_inf else ' and finite'}, got {value!r}.")
+        raise ValueError(
+            f"{fn}: expected `{name}` > 0{'' if allow_inf else ' and finite'}, got {value!r}."
+        )
     return v
 
 
@@ -115,4 +123,6 @@ def check_finite(fn: str, name: str, x: Tensor) -> None:
 def check_nonnegative(fn: str, name: str, x: Tensor) -> None:
     """Raise ValueError if `x` holds a negative or non-finite entry (reads the data)."""
     if not bool((torch.isfinite(x) & (x >= 0)).all()):
-        raise ValueError(f"{fn}: expected `{name}` to be finite and >= 0, got a negative or non-finite entry.")
+        raise ValueError(
+            f"{fn}: expected `{name}` to be finite and >= 0, got a negative or non-finite entry."
+        )

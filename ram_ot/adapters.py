@@ -140,7 +140,9 @@ class LocalAdapter(nn.Module):
         fn = "LocalAdapter"
         h, w = grid_size
         check_floating(fn, "tokens", tokens)
-        check_shape(fn, "tokens", tokens, [("B", None), ("1+H*W", 1 + h * w), ("width", self.width)])
+        check_shape(
+            fn, "tokens", tokens, [("B", None), ("1+H*W", 1 + h * w), ("width", self.width)]
+        )
         B = tokens.shape[0]
         in_dtype = tokens.dtype
         p_dtype = self.out.weight.dtype
@@ -150,7 +152,9 @@ class LocalAdapter(nn.Module):
         s3 = self.stream3(x).flatten(2).transpose(1, 2)
         if label_embeddings is not None:
             check_floating(fn, "label_embeddings", label_embeddings)
-            check_shape(fn, "label_embeddings", label_embeddings, [("C", None), ("D", self.text_dim)])
+            check_shape(
+                fn, "label_embeddings", label_embeddings, [("C", None), ("D", self.text_dim)]
+            )
             kv = self.norm_kv(label_embeddings.to(p_dtype))
             s1 = self._cross_attend(s1, self.norm_q1, kv)
             s3 = self._cross_attend(s3, self.norm_q3, kv)
@@ -166,20 +170,26 @@ class LocalAdapter(nn.Module):
         return torch.cat([cls, y], dim=1)
 
 
-def _layer_list(fn: str, name: str, layers: Iterable[int] | None, depth: int, default: Sequence[int]) -> tuple[int, ...]:
+def _layer_list(
+    fn: str, name: str, layers: Iterable[int] | None, depth: int, default: Sequence[int]
+) -> tuple[int, ...]:
     """Normalise layer indices (negative counts from the end), validate, sort, dedupe."""
     if layers is None:
         return tuple(default)
     try:
         items = list(layers)
     except TypeError:
-        raise TypeError(f"{fn}: expected `{name}` to be a sequence of ints, got {layers!r}.") from None
+        raise TypeError(
+            f"{fn}: expected `{name}` to be a sequence of ints, got {layers!r}."
+        ) from None
     out = set()
     for i in items:
         if not isinstance(i, int) or isinstance(i, bool):
             raise TypeError(f"{fn}: expected `{name}` to hold ints, got {i!r}.")
         if not -depth <= i < depth:
-            raise ValueError(f"{fn}: expected `{name}` in [-{depth}, {depth}) for a {depth}-layer trunk, got {i}.")
+            raise ValueError(
+                f"{fn}: expected `{name}` in [-{depth}, {depth}) for a {depth}-layer trunk, got {i}."
+            )
         out.add(i % depth)
     return tuple(sorted(out))
 
@@ -301,16 +311,27 @@ class LadderLocalAdapter(nn.Module):
         self.depth = depth
         self.width = int(visual.conv1.out_channels)
         self.text_dim = int(visual.output_dim if text_dim is None else text_dim)
-        self.adapter_layers = _layer_list(fn, "adapter_layers", adapter_layers, depth, range(max(0, depth - 3), depth))
+        self.adapter_layers = _layer_list(
+            fn, "adapter_layers", adapter_layers, depth, range(max(0, depth - 3), depth)
+        )
         self.surgery_layers = _layer_list(fn, "surgery_layers", surgery_layers, depth, range(depth))
-        if not isinstance(n_visual_tokens, int) or isinstance(n_visual_tokens, bool) or n_visual_tokens < 0:
-            raise ValueError(f"{fn}: expected `n_visual_tokens` to be an int >= 0, got {n_visual_tokens!r}.")
+        if (
+            not isinstance(n_visual_tokens, int)
+            or isinstance(n_visual_tokens, bool)
+            or n_visual_tokens < 0
+        ):
+            raise ValueError(
+                f"{fn}: expected `n_visual_tokens` to be an int >= 0, got {n_visual_tokens!r}."
+            )
         self.n_visual_tokens = n_visual_tokens
         if device is None:
             device = visual.conv1.weight.device
         f = {"device": device, "dtype": dtype}
         self.adapters = nn.ModuleDict(
-            {str(i): LocalAdapter(self.width, self.text_dim, kernel_size=kernel_size, **f) for i in self.adapter_layers}
+            {
+                str(i): LocalAdapter(self.width, self.text_dim, kernel_size=kernel_size, **f)
+                for i in self.adapter_layers
+            }
         )
         self.visual_embeds = nn.ParameterDict()
         if n_visual_tokens > 0:
@@ -369,11 +390,15 @@ class LadderLocalAdapter(nn.Module):
         ih, iw = self.image_size
         check_shape(fn, "images", images, [("B", None), ("3", 3), ("H", ih), ("W", iw)])
         if images.shape[0] == 0:
-            raise ValueError(f"{fn}: expected `images` of shape (B, 3, H, W) with B >= 1, got {tuple(images.shape)}.")
+            raise ValueError(
+                f"{fn}: expected `images` of shape (B, 3, H, W) with B >= 1, got {tuple(images.shape)}."
+            )
         if label_embeddings is not None:
             check_tensor(fn, "label_embeddings", label_embeddings)
             check_floating(fn, "label_embeddings", label_embeddings)
-            check_shape(fn, "label_embeddings", label_embeddings, [("C", None), ("D", self.text_dim)])
+            check_shape(
+                fn, "label_embeddings", label_embeddings, [("C", None), ("D", self.text_dim)]
+            )
             if label_embeddings.shape[0] == 0:
                 raise ValueError(
                     f"{fn}: expected `label_embeddings` of shape (C, D) with C >= 1, got {tuple(label_embeddings.shape)}."
@@ -434,7 +459,9 @@ class LadderLocalAdapter(nn.Module):
             else:
                 x = _block(blk, x, h, batch_first)
             if i in adapted:
-                x_loc = x_loc + self.adapters[key](x, self.grid_size, label_embeddings).to(x_loc.dtype)
+                x_loc = x_loc + self.adapters[key](x, self.grid_size, label_embeddings).to(
+                    x_loc.dtype
+                )
 
         pooled, _ = visual._pool(x)
         image_global = pooled @ visual.proj  # as open_clip's VisionTransformer.forward

@@ -123,7 +123,11 @@ class RAM(nn.Module):
         self.teacher_prompts = PromptEncoder(
             clip_model, tokenizer, template=teacher_template, n_ctx=0, chunk_size=chunk_size
         )
-        scale = float(clip_model.logit_scale.detach().exp()) if hasattr(clip_model, "logit_scale") else 100.0
+        scale = (
+            float(clip_model.logit_scale.detach().exp())
+            if hasattr(clip_model, "logit_scale")
+            else 100.0
+        )
         self.logit_scale = scale
         if kcot is None:
             kcot = KnowledgeConstrainedOT(logit_scale=scale)
@@ -169,8 +173,12 @@ class RAM(nn.Module):
         mine = self.config
         diff = {k: (saved[k], mine.get(k)) for k in saved if k in mine and saved[k] != mine[k]}
         if diff:
-            detail = ", ".join(f"{k}: saved {a!r}, model {b!r}" for k, (a, b) in sorted(diff.items()))
-            raise ValueError(f"{_FN}: expected a state dict of the same configuration, got {detail}.")
+            detail = ", ".join(
+                f"{k}: saved {a!r}, model {b!r}" for k, (a, b) in sorted(diff.items())
+            )
+            raise ValueError(
+                f"{_FN}: expected a state dict of the same configuration, got {detail}."
+            )
 
     @property
     def tokenizer(self) -> Callable[..., Tensor]:
@@ -210,9 +218,19 @@ class RAM(nn.Module):
         taken = {id(p) for p in adapters + embeds}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
         groups = [
-            {"name": "adapters", "params": adapters, "lr": lr * lr_mult, "weight_decay": weight_decay},
+            {
+                "name": "adapters",
+                "params": adapters,
+                "lr": lr * lr_mult,
+                "weight_decay": weight_decay,
+            },
             {"name": "head", "params": rest, "lr": lr, "weight_decay": weight_decay},
-            {"name": "embeds", "params": embeds, "lr": lr_embeds, "weight_decay": weight_decay_embeds},
+            {
+                "name": "embeds",
+                "params": embeds,
+                "lr": lr_embeds,
+                "weight_decay": weight_decay_embeds,
+            },
         ]
         return [g for g in groups if g["params"]]
 
@@ -223,7 +241,9 @@ class RAM(nn.Module):
             check_floating(_FN, "labels", labels)
             check_shape(_FN, "labels", labels, [("C", None), ("D", self.ladder.text_dim)])
             if labels.shape[0] == 0:
-                raise ValueError(f"{_FN}: expected `labels` of shape (C, D) with C >= 1, got {tuple(labels.shape)}.")
+                raise ValueError(
+                    f"{_FN}: expected `labels` of shape (C, D) with C >= 1, got {tuple(labels.shape)}."
+                )
             return labels
         if isinstance(labels, str) or not isinstance(labels, Sequence):
             raise TypeError(
@@ -263,9 +283,17 @@ class RAM(nn.Module):
         prior = None
         if use_teacher:
             with torch.no_grad():
-                teacher_text = label_emb.detach() if isinstance(labels, Tensor) else self.teacher_prompts(labels)
-                prior = teacher_prior(out.teacher_regions, teacher_text, logit_scale=self.logit_scale)
-        return self.head(out.image_global, out.image_regions, label_emb, targets=targets, prior=prior)
+                teacher_text = (
+                    label_emb.detach()
+                    if isinstance(labels, Tensor)
+                    else self.teacher_prompts(labels)
+                )
+                prior = teacher_prior(
+                    out.teacher_regions, teacher_text, logit_scale=self.logit_scale
+                )
+        return self.head(
+            out.image_global, out.image_regions, label_emb, targets=targets, prior=prior
+        )
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())

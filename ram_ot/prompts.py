@@ -31,7 +31,8 @@ def _text_parts(fn: str, clip_model: nn.Module) -> nn.Module:
     """The module holding the text tower's pieces (the CLIP itself, or its ``.text``)."""
     for holder in (clip_model, getattr(clip_model, "text", None)):
         if holder is not None and all(
-            hasattr(holder, a) for a in ("token_embedding", "positional_embedding", "transformer", "ln_final")
+            hasattr(holder, a)
+            for a in ("token_embedding", "positional_embedding", "transformer", "ln_final")
         ):
             return holder
     raise TypeError(
@@ -96,13 +97,17 @@ class PromptEncoder(nn.Module):
         super().__init__()
         fn = "PromptEncoder"
         if not callable(tokenizer):
-            raise TypeError(f"{fn}: expected `tokenizer` to be callable, got {type(tokenizer).__name__}.")
+            raise TypeError(
+                f"{fn}: expected `tokenizer` to be callable, got {type(tokenizer).__name__}."
+            )
         tpls = [template] if templates is None else list(templates)
         if not tpls:
             raise ValueError(f"{fn}: expected `templates` to hold at least one template, got none.")
         for t in tpls:
             if not isinstance(t, str) or t.count("{}") != 1:
-                raise ValueError(f"{fn}: expected each template to be a str with one '{{}}', got {t!r}.")
+                raise ValueError(
+                    f"{fn}: expected each template to be a str with one '{{}}', got {t!r}."
+                )
         if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 0:
             raise ValueError(f"{fn}: expected `n_ctx` to be an int >= 0, got {n_ctx!r}.")
         if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -120,7 +125,9 @@ class PromptEncoder(nn.Module):
             depth = len(text.transformer.resblocks)
             from ram_ot.adapters import _layer_list
 
-            self.deep_layers = _layer_list(fn, "deep_layers", deep_layers, depth, range(max(0, depth - 3), depth))
+            self.deep_layers = _layer_list(
+                fn, "deep_layers", deep_layers, depth, range(max(0, depth - 3), depth)
+            )
             width = text.transformer.width
             if device is None:
                 device = text.token_embedding.weight.device
@@ -148,16 +155,22 @@ class PromptEncoder(nn.Module):
     def _check_classnames(self, classnames: Iterable[str]) -> tuple[str, ...]:
         fn = "PromptEncoder"
         if isinstance(classnames, str):
-            raise TypeError(f"{fn}: expected `classnames` to be a sequence of str, got a single str {classnames!r}.")
+            raise TypeError(
+                f"{fn}: expected `classnames` to be a sequence of str, got a single str {classnames!r}."
+            )
         try:
             names = tuple(classnames)
         except TypeError:
-            raise TypeError(f"{fn}: expected `classnames` to be a sequence of str, got {type(classnames).__name__}.") from None
+            raise TypeError(
+                f"{fn}: expected `classnames` to be a sequence of str, got {type(classnames).__name__}."
+            ) from None
         if not names:
             raise ValueError(f"{fn}: expected `classnames` to hold at least one label, got 0.")
         for n in names:
             if not isinstance(n, str):
-                raise TypeError(f"{fn}: expected `classnames` to hold str, got {type(n).__name__} {n!r}.")
+                raise TypeError(
+                    f"{fn}: expected `classnames` to hold str, got {type(n).__name__} {n!r}."
+                )
         return names
 
     def _tokens(self, texts: Sequence[str], device: torch.device) -> Tensor:
@@ -173,14 +186,20 @@ class PromptEncoder(nn.Module):
             eos_id = getattr(text, "text_eos_id", getattr(text, "eos_id", None))
             eot = (tokens == eos_id).int().argmax(dim=-1)
         else:
-            raise TypeError(f"PromptEncoder: deep prompts need EOT pooling, the text tower pools {pool_type!r}.")
+            raise TypeError(
+                f"PromptEncoder: deep prompts need EOT pooling, the text tower pools {pool_type!r}."
+            )
         if getattr(text, "cls_emb", None) is not None:
-            raise TypeError("PromptEncoder: deep prompts do not support text towers with a class token.")
+            raise TypeError(
+                "PromptEncoder: deep prompts do not support text towers with a class token."
+            )
         n = int(eot.max()) + 1
         tokens = tokens[:, :n]  # causal: positions after the last EOT never reach an EOT
         tr = text.transformer
         cast = tr.get_cast_dtype()
-        x = text.token_embedding(tokens).to(cast) + text.positional_embedding[:n].to(cast)  # (C, n, Wt)
+        x = text.token_embedding(tokens).to(cast) + text.positional_embedding[:n].to(
+            cast
+        )  # (C, n, Wt)
         mask = _causal_mask(n, x.device, x.dtype)
         mask_p = _causal_mask(n + self.n_ctx, x.device, x.dtype)
         batch_first = getattr(tr, "batch_first", True)
@@ -190,7 +209,11 @@ class PromptEncoder(nn.Module):
                 ctx = ctx.to(cast).expand(x.shape[0], -1, -1)  # (C, n_ctx, Wt)
                 x = torch.cat([x[:, :1], ctx, x[:, 1:]], dim=1)  # insert after SOS
             m = mask if ctx is None else mask_p
-            x = blk(x, attn_mask=m) if batch_first else blk(x.transpose(0, 1), attn_mask=m).transpose(0, 1)
+            x = (
+                blk(x, attn_mask=m)
+                if batch_first
+                else blk(x.transpose(0, 1), attn_mask=m).transpose(0, 1)
+            )
             if ctx is not None:
                 x = torch.cat([x[:, :1], x[:, 1 + self.n_ctx :]], dim=1)  # drop the prompts
         x = text.ln_final(x)
@@ -204,7 +227,9 @@ class PromptEncoder(nn.Module):
         outs = []
         for s in range(0, len(texts), self.chunk_size):
             tokens = self._tokens(texts[s : s + self.chunk_size], device)
-            outs.append(self.clip_model.encode_text(tokens) if self.frozen else self._encode_deep(tokens))
+            outs.append(
+                self.clip_model.encode_text(tokens) if self.frozen else self._encode_deep(tokens)
+            )
         return torch.cat(outs, dim=0)
 
     def forward(self, classnames: Sequence[str]) -> Tensor:
@@ -218,22 +243,32 @@ class PromptEncoder(nn.Module):
             several templates are ensembled, raw text-tower output otherwise).
         """
         names = self._check_classnames(classnames)
-        device = self.clip_model.token_embedding.weight.device if hasattr(
-            self.clip_model, "token_embedding"
-        ) else next(self.clip_model.parameters()).device
+        device = (
+            self.clip_model.token_embedding.weight.device
+            if hasattr(self.clip_model, "token_embedding")
+            else next(self.clip_model.parameters()).device
+        )
         if self.frozen:
             key = (names, str(device))
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        ctx = torch.no_grad() if self.frozen else torch.enable_grad() if torch.is_grad_enabled() else torch.no_grad()
+        ctx = (
+            torch.no_grad()
+            if self.frozen
+            else torch.enable_grad()
+            if torch.is_grad_enabled()
+            else torch.no_grad()
+        )
         with ctx:
             feats = [self._encode([t.format(n) for n in names], device) for t in self.templates]
             if len(feats) == 1:
                 out = feats[0]
             else:
-                out = F.normalize(torch.stack([F.normalize(f, dim=-1) for f in feats]).mean(dim=0), dim=-1)
+                out = F.normalize(
+                    torch.stack([F.normalize(f, dim=-1) for f in feats]).mean(dim=0), dim=-1
+                )
         if self.frozen:
             self._cache[key] = out
             while len(self._cache) > _CACHE_SIZE:

@@ -15,8 +15,14 @@ def _odd_clip():
     torch.manual_seed(7)
     model = open_clip.CLIP(
         embed_dim=24,
-        vision_cfg={"image_size": (48, 32), "patch_size": 16, "width": 48, "layers": 3, "head_width": 16,
-                    "ls_init_value": 0.5},
+        vision_cfg={
+            "image_size": (48, 32),
+            "patch_size": 16,
+            "width": 48,
+            "layers": 3,
+            "head_width": 16,
+            "ls_init_value": 0.5,
+        },
         text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
     )
     # LayerScale starts at a constant: randomise it so a wrong use of ls_1 shows
@@ -46,12 +52,12 @@ def _reference_vv_regions(visual, images, surgery):
             W = h.shape[-1]
             nh = blk.attn.num_heads
             d = W // nh
-            v = h @ blk.attn.in_proj_weight[2 * W:].T + blk.attn.in_proj_bias[2 * W:]
+            v = h @ blk.attn.in_proj_weight[2 * W :].T + blk.attn.in_proj_bias[2 * W :]
             out = torch.zeros_like(v)
             for k in range(nh):
-                vk = v[..., k * d:(k + 1) * d]
+                vk = v[..., k * d : (k + 1) * d]
                 a = torch.softmax(vk @ vk.transpose(1, 2) / d**0.5, dim=-1)
-                out[..., k * d:(k + 1) * d] = a @ vk
+                out[..., k * d : (k + 1) * d] = a @ vk
             x_loc = x_loc + blk.ls_1(blk.attn.out_proj(out))
         x = blk(x)
     return visual.ln_post(x_loc[:, 1:]) @ visual.proj
@@ -71,11 +77,15 @@ def test_plain_ladder_equals_open_clip_encode_image(clip_model):
 
 @pytest.mark.parametrize("surgery", [None, (0, 2)])
 def test_plain_ladder_regions_are_value_value_path(clip_model, surgery):
-    ladder = LadderLocalAdapter(clip_model.visual, adapter_layers=(), n_visual_tokens=0, surgery_layers=surgery)
+    ladder = LadderLocalAdapter(
+        clip_model.visual, adapter_layers=(), n_visual_tokens=0, surgery_layers=surgery
+    )
     images = _images(clip_model)
     depth = len(clip_model.visual.transformer.resblocks)
     with torch.no_grad():
-        ref = _reference_vv_regions(clip_model.visual, images, set(range(depth)) if surgery is None else set(surgery))
+        ref = _reference_vv_regions(
+            clip_model.visual, images, set(range(depth)) if surgery is None else set(surgery)
+        )
     torch.testing.assert_close(ladder(images).image_regions, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -90,7 +100,9 @@ def test_global_with_adapters_but_no_tokens_is_still_clip(clip_model):
 
 def test_teacher_equals_separate_frozen_copy(clip_model):
     ladder = LadderLocalAdapter(clip_model.visual).train()
-    teacher = LadderLocalAdapter(copy.deepcopy(clip_model.visual), adapter_layers=(), n_visual_tokens=0)
+    teacher = LadderLocalAdapter(
+        copy.deepcopy(clip_model.visual), adapter_layers=(), n_visual_tokens=0
+    )
     images = _images(clip_model)
     labels = torch.randn(5, clip_model.visual.output_dim)
     out = ladder(images, labels, with_teacher=True)
@@ -122,7 +134,9 @@ def test_trunk_frozen_and_trainables_get_gradients(tiny_clip):
     (out.image_global.square().sum() + out.image_regions.square().sum()).backward()
     assert all(p.grad is None for p in model.visual.parameters())
     names = [n for n, p in ladder.named_parameters()]
-    assert names and all(p.grad is not None and p.grad.abs().sum() > 0 for p in ladder.parameters()), names
+    assert names and all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in ladder.parameters()
+    ), names
     assert {n.split(".")[0] for n in names} == {"adapters", "visual_embeds"}
     assert not model.visual.training and ladder.training
 
@@ -179,7 +193,11 @@ def test_local_adapter_matches_rederivation():
     cat = torch.cat([s1, s2], 1)
     agg = torch.cat([cat.mean(1, keepdim=True), cat.max(1, keepdim=True)[0]], 1)
     y = torch.sigmoid(F.conv2d(agg, ad.gate.weight, padding=1))
-    ref = F.conv2d(s1 * y[:, 0:1] + s2 * y[:, 1:2], ad.out.weight).reshape(B, 16, tok).permute(0, 2, 1)
+    ref = (
+        F.conv2d(s1 * y[:, 0:1] + s2 * y[:, 1:2], ad.out.weight)
+        .reshape(B, 16, tok)
+        .permute(0, 2, 1)
+    )
     torch.testing.assert_close(out[:, 1:], ref, rtol=1e-5, atol=1e-5)
     assert torch.equal(out[:, :1], x[:, :1])  # CLS passes through
     no_text = ad(x, (3, 4), None)
@@ -189,9 +207,14 @@ def test_local_adapter_matches_rederivation():
 def test_bad_inputs_raise_clear_errors(tiny_clip):
     model = tiny_clip[0]
     ladder = LadderLocalAdapter(model.visual)
-    with pytest.raises(ValueError, match=r"`images` of shape \(B, 3, H, W\) = \(\*, 3, 32, 32\), got \(2, 3, 64, 64\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"`images` of shape \(B, 3, H, W\) = \(\*, 3, 32, 32\), got \(2, 3, 64, 64\)",
+    ):
         ladder(torch.randn(2, 3, 64, 64))
-    with pytest.raises(ValueError, match=r"`label_embeddings` of shape \(C, D\) = \(\*, 32\), got \(4, 31\)"):
+    with pytest.raises(
+        ValueError, match=r"`label_embeddings` of shape \(C, D\) = \(\*, 32\), got \(4, 31\)"
+    ):
         ladder(torch.randn(1, 3, 32, 32), torch.randn(4, 31))
     with pytest.raises(ValueError, match="C >= 1"):
         ladder(torch.randn(1, 3, 32, 32), torch.randn(0, 32))

@@ -28,7 +28,9 @@ def test_local_checkpoint_file_loads_those_weights(tmp_path, tiny_clip):
     path = tmp_path / "tiny.pt"
     torch.save(model.state_dict(), path)
     loaded, _, _ = load_clip(TINY_MODEL_NAME, pretrained=str(path))
-    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=False):
+    for (k, a), (_, b) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=False
+    ):
         assert torch.equal(a, b), k
     assert not any(p.requires_grad for p in loaded.parameters())
 

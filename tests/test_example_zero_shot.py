@@ -41,7 +41,17 @@ def _check_output(out, n_images):
 
 def test_runs_without_weights_and_warns(tmp_path, capsys, example_main):
     folder = _pngs(tmp_path)
-    argv = [str(folder), "--labels", ",".join(LABELS), "--model", TINY_MODEL_NAME, "--pretrained", "none", "--top-k", "2"]
+    argv = [
+        str(folder),
+        "--labels",
+        ",".join(LABELS),
+        "--model",
+        TINY_MODEL_NAME,
+        "--pretrained",
+        "none",
+        "--top-k",
+        "2",
+    ]
     with pytest.warns(UserWarning, match="randomly initialised"):
         assert example_main(argv) == 0
     _check_output(capsys.readouterr().out, 3)
@@ -51,7 +61,19 @@ def test_runs_with_local_checkpoint(tmp_path, capsys, example_main, tiny_clip):
     folder = _pngs(tmp_path)
     ckpt = tmp_path / "tiny.pt"
     torch.save(tiny_clip[0].state_dict(), ckpt)
-    argv = [str(folder / "img0.png"), str(folder / "img2.png"), "--labels", ",".join(LABELS),
-            "--model", TINY_MODEL_NAME, "--pretrained", str(ckpt), "--top-k", "2", "--batch-size", "1"]
+    argv = [
+        str(folder / "img0.png"),
+        str(folder / "img2.png"),
+        "--labels",
+        ",".join(LABELS),
+        "--model",
+        TINY_MODEL_NAME,
+        "--pretrained",
+        str(ckpt),
+        "--top-k",
+        "2",
+        "--batch-size",
+        "1",
+    ]
     assert example_main(argv) == 0
     _check_output(capsys.readouterr().out, 2)

@@ -44,7 +44,9 @@ def test_training_step_uses_shared_trunk_teacher(tiny_clip):
     teacher = LadderLocalAdapter(copy.deepcopy(model.visual), adapter_layers=(), n_visual_tokens=0)
     with torch.no_grad():
         teacher_text = model.encode_text(tok([f"A photo of a {n}." for n in NAMES]))
-        prior = teacher_prior(teacher(images).image_regions, teacher_text, logit_scale=ram.logit_scale)
+        prior = teacher_prior(
+            teacher(images).image_regions, teacher_text, logit_scale=ram.logit_scale
+        )
     ref = ram.head(lad.image_global, lad.image_regions, label_emb, targets=TARGETS, prior=prior)
     torch.testing.assert_close(out.loss, ref.loss)
     torch.testing.assert_close(out.scores, ref.scores)
@@ -102,7 +104,9 @@ def test_state_dict_round_trip_on_fresh_model(tiny_clip):
     images = _images()
     assert not torch.allclose(fresh(images, NAMES).scores, ram(images, NAMES).scores)
     fresh.load_state_dict(sd)
-    torch.testing.assert_close(fresh(images, NAMES).scores, ram(images, NAMES).scores, rtol=0, atol=0)
+    torch.testing.assert_close(
+        fresh(images, NAMES).scores, ram(images, NAMES).scores, rtol=0, atol=0
+    )
     with pytest.raises(ValueError, match="n_visual_tokens: saved 3, model 8"):
         RAM(model, tok).load_state_dict(sd)
 
@@ -116,7 +120,10 @@ def test_param_groups_match_reference_split(tiny_clip):
     assert by_name["adapters"]["lr"] == pytest.approx(5e-6) and by_name["head"]["lr"] == 5e-5
     assert by_name["embeds"]["lr"] == 1e-3
     assert len(by_name["embeds"]["params"]) == 6  # 3 visual-token + 3 text-prompt tensors
-    assert {id(p) for p in by_name["head"]["params"]} == {id(ram.head.temperature_local), id(ram.head.temperature_global)}
+    assert {id(p) for p in by_name["head"]["params"]} == {
+        id(ram.head.temperature_local),
+        id(ram.head.temperature_global),
+    }
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in ram.trainable_parameters()}
     torch.optim.AdamW([g for g in groups if g["name"] != "embeds"])  # usable as given
@@ -144,11 +151,15 @@ def test_build_ram_and_device_moves(tiny_clip):
 def test_bad_inputs(tiny_clip):
     model, tok, _ = tiny_clip
     ram = RAM(model, tok)
-    with pytest.raises(ValueError, match=r"RAM: expected `images` of shape \(B, 3, H, W\) = \(\*, 3, 32, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"RAM: expected `images` of shape \(B, 3, H, W\) = \(\*, 3, 32, 32\)"
+    ):
         ram(torch.randn(2, 3, 64, 64), NAMES)
     with pytest.raises(ValueError, match="RAM: expected `labels` to hold at least one label"):
         ram(_images(), [])
-    with pytest.raises(ValueError, match=r"RAM: expected `labels` of shape \(C, D\) = \(\*, 32\), got \(5, 16\)"):
+    with pytest.raises(
+        ValueError, match=r"RAM: expected `labels` of shape \(C, D\) = \(\*, 32\), got \(5, 16\)"
+    ):
         ram(_images(), torch.randn(5, 16))
     with pytest.raises(TypeError, match="sequence of str"):
         ram(_images(), "cat")

@@ -6,7 +6,13 @@ import torch.nn.functional as F
 
 from ram_ot.prompts import PromptEncoder
 
-NAMES = ["cat", "traffic light", "a very long and oddly specific label name for testing", "dog", "tv"]
+NAMES = [
+    "cat",
+    "traffic light",
+    "a very long and oddly specific label name for testing",
+    "dog",
+    "tv",
+]
 
 
 def test_frozen_features_equal_encode_text_and_are_cached(tiny_clip):
@@ -48,7 +54,9 @@ def test_deep_path_without_prompts_equals_encode_text(tiny_clip):
     enc.deep_embeds = torch.nn.ParameterDict()
     tokens = tok([f"a photo of a {n}." for n in NAMES])
     with torch.no_grad():
-        torch.testing.assert_close(enc._encode_deep(tokens), model.encode_text(tokens), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            enc._encode_deep(tokens), model.encode_text(tokens), rtol=1e-5, atol=1e-5
+        )
 
 
 def _reference_deep(model, tokens, embeds, n_ctx):
@@ -61,7 +69,7 @@ def _reference_deep(model, tokens, embeds, n_ctx):
             x = torch.cat([x[:, :1], ctx, x[:, 1:]], dim=1)
             pad, x = x[:, L:], x[:, :L]
             x = blk(x, attn_mask=model.attn_mask)
-            x = torch.cat([x[:, :1], x[:, 1 + n_ctx:], pad], dim=1)
+            x = torch.cat([x[:, :1], x[:, 1 + n_ctx :], pad], dim=1)
         else:
             x = blk(x, attn_mask=model.attn_mask)
     x = model.ln_final(x)
@@ -94,7 +102,9 @@ def test_template_ensembling(tiny_clip):
     tpls = ["a photo of a {}.", "a blurry photo of the {}.", "{}"]
     out = PromptEncoder(model, tok, n_ctx=0, templates=tpls)(NAMES)
     with torch.no_grad():
-        feats = [F.normalize(model.encode_text(tok([t.format(n) for n in NAMES])), dim=-1) for t in tpls]
+        feats = [
+            F.normalize(model.encode_text(tok([t.format(n) for n in NAMES])), dim=-1) for t in tpls
+        ]
     ref = F.normalize(sum(feats) / 3, dim=-1)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(5))

@@ -170,6 +170,9 @@ SHAPES = [
     pytest.param((2, 33, 17), "onchip", id="onchip-padded"),
     pytest.param((1, 33, 130), "split", id="split-cross-blocks"),  # 32 x 128 blocks
     pytest.param((1, 1, 1), "split", id="split-1x1x1"),
+    pytest.param((2, 37, 80), "resident", id="resident-two-column-chunks"),  # 64 + 16 columns
+    pytest.param((1, 5, 64), "resident", id="resident-one-chunk"),
+    pytest.param((1, 1, 1), "resident", id="resident-1x1x1"),
 ]
 
 
@@ -324,7 +327,7 @@ def test_unroll_with_triton_is_refused():
 _COMPILE_SCRIPT = """
 import sys
 from ram_ot.ot import _triton
-for variant, balanced in (("onchip", False), ("stream", True), ("split", False)):
+for variant, balanced in (("onchip", False), ("stream", True), ("split", False), ("resident", True)):
     info = _triton._compile_report(arch=90, dtype="fp32", variant=variant, balanced=balanced)
     print(variant, balanced, info)
 """
@@ -343,7 +346,7 @@ def test_kernel_compiles_for_sm90_without_gpu():
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     lines = [line for line in lines if "registers" in line]
-    assert len(lines) == 2 + 4, out.stdout  # fused on-chip, fused streamed, 4 split kernels
+    assert len(lines) == 2 + 4 + 1, out.stdout  # on-chip, streamed, 4 split kernels, resident
 
 
 # ------------------------------------------------------------------------------------------
@@ -382,3 +385,81 @@ def test_cuda_float64_and_small_reg():
     ref = sinkhorn(cost, a, b, reg=1e-3, max_iter=30, tol=0.0, backend="torch")
     assert torch.isfinite(res.plan).all()
     torch.testing.assert_close(res.plan, ref.plan, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("variant", ["resident", "onchip", "stream", "split"])
+@pytest.mark.parametrize("fi", [1.0, 0.8], ids=["balanced", "unbalanced"])
+@pytest.mark.parametrize("shape", [(5, 33, 17), (2, 65, 129), (1, 1, 1), (3, 196, 80)])
+def test_cuda_variants_match_torch_backend(variant, fi, shape):
+    ok, why = _triton.probe(torch.device("cuda"))
+    if not ok:
+        pytest.skip(why)
+    B, N, M = shape
+    if variant == "onchip" and triton_padded(N) * triton_padded(M) > 32768:
+        pytest.skip("padded tile too large for registers")
+    if variant == "resident" and not _triton._resident_fits(N, M, torch.float32):
+        pytest.skip("tile too large for registers")
+    cost, a, b, _, _ = _problem(B, N, M, masked=N > 2 and M > 2, seed=N + M)
+    la, lb = _logs(a, b)
+    cost, la, lb = cost.cuda(), la.cuda(), lb.cuda()
+    kw = dict(reg=0.1, fi_a=fi, fi_b=fi, max_iter=40, tol=1e-5, check_every=4)
+    f, g, n_iter, err = _triton.solve_potentials(cost, la, lb, **kw, _variant=variant)
+    f0, g0, n0, e0 = _torch.solve_lse(cost, la, lb, **kw)
+    assert n_iter.tolist() == n0.tolist()
+    assert torch.equal(torch.isneginf(f), torch.isneginf(f0))
+    torch.testing.assert_close(err, e0, rtol=1e-2, atol=1e-6)
+    _assert_plans_close(_plan(f, g, cost, 0.1), _plan(f0, g0, cost, 0.1))
+
+
+def triton_padded(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_auto_dispatch_gradients_and_autocast():
+    ok, why = _triton.probe(torch.device("cuda"))
+    if not ok:
+        pytest.skip(why)
+    dev = torch.device("cuda")
+    assert resolve_backend("auto", dev, "detach") == "triton"
+    assert resolve_backend("auto", dev, "unroll") == "torch"
+    cost, a, b, _, _ = _problem(3, 20, 9, dtype=torch.float64, seed=4)
+    cost, a, b = cost.to(dev), a.to(dev), b.to(dev)
+    w = torch.rand(cost.shape, dtype=torch.float64, device=dev)
+    grads = []
+    for backend in ("triton", "torch"):
+        c = cost.clone().requires_grad_(True)
+        res = sinkhorn(c, a, b, reg=0.3, max_iter=300, tol=1e-10, backend=backend, grad="implicit")
+        (res.plan * w).sum().backward()
+        grads.append(c.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-6, atol=1e-9)
+    # half precision in, float32 iterations, plan back in the input dtype (also under autocast)
+    c16 = cost.to(torch.bfloat16)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        res = sinkhorn(c16, a.float(), b.float(), max_iter=50, tol=0.0)
+    ref = sinkhorn(c16.float(), a.float(), b.float(), max_iter=50, tol=0.0, backend="torch")
+    assert res.plan.dtype == torch.bfloat16 and res.f.dtype == torch.float32
+    torch.testing.assert_close(res.plan.float(), ref.plan, rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_kcot_head_matches_cpu():
+    from ram_ot import KCOTHead
+
+    torch.manual_seed(0)
+    head = KCOTHead()
+    g, regions, labels = torch.randn(4, 32), torch.randn(4, 49, 32), torch.randn(10, 32)
+    teacher = regions + 0.1 * torch.randn_like(regions)
+    targets = torch.rand(4, 10) < 0.3
+    want = head(g, regions, labels, targets=targets, teacher_regions=teacher)
+    head_cuda = KCOTHead().cuda()
+    got = head_cuda(*(t.cuda() for t in (g, regions, labels)), targets=targets.cuda(),
+                    teacher_regions=teacher.cuda())  # fmt: skip
+    for name in ("scores", "logits_global", "logits_local", "plan", "loss"):
+        torch.testing.assert_close(
+            getattr(got, name).cpu(), getattr(want, name), rtol=1e-4, atol=1e-5
+        )

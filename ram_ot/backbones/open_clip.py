@@ -139,11 +139,13 @@ def load_clip(
     import open_clip
 
     if not isinstance(model_name, str):
-        raise TypeError(f"load_clip: expected `model_name` to be a str, got {type(model_name).__name__}.")
+        raise TypeError(
+            f"load_clip: expected `model_name` to be a str, got {type(model_name).__name__}."
+        )
     _register_configs()
-    if not model_name.startswith(("hf-hub:", "local-dir:")) and model_name.replace("/", "-") not in (
-        open_clip.list_models()
-    ):
+    if not model_name.startswith(("hf-hub:", "local-dir:")) and model_name.replace(
+        "/", "-"
+    ) not in (open_clip.list_models()):
         raise ValueError(
             f"load_clip: expected `model_name` to be an open_clip architecture "
             f"(e.g. 'ViT-B-16' or {TINY_MODEL_NAME!r}), got {model_name!r}."
@@ -153,7 +155,9 @@ def load_clip(
         if not pretrained:
             pretrained = None
         elif _looks_like_path(pretrained) and not os.path.isfile(pretrained):
-            raise FileNotFoundError(f"load_clip: `pretrained` checkpoint file {pretrained!r} does not exist.")
+            raise FileNotFoundError(
+                f"load_clip: `pretrained` checkpoint file {pretrained!r} does not exist."
+            )
     device = torch.device("cpu") if device is None else torch.device(device)
     # With no CLIP checkpoint, also skip the default per-tower weights (hf text towers would
     # otherwise be downloaded): pretrained=None means no download on any code path.

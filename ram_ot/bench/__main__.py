@@ -10,7 +10,11 @@ import ram_ot.bench as _pkg
 
 
 def _names() -> list[str]:
-    return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(_pkg.__path__) if not m.name.startswith("_"))
+    return sorted(
+        m.name.replace("_", "-")
+        for m in pkgutil.iter_modules(_pkg.__path__)
+        if not m.name.startswith("_")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = argv[0]
     if name not in names:
-        print(f"ram_ot.bench: unknown benchmark {name!r}; choose one of: {', '.join(names)}", file=sys.stderr)
+        print(
+            f"ram_ot.bench: unknown benchmark {name!r}; choose one of: {', '.join(names)}",
+            file=sys.stderr,
+        )
         return 2
     module = importlib.import_module(f"ram_ot.bench.{name.replace('-', '_')}")
     return int(module.main(argv[1:]) or 0)

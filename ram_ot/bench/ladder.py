@@ -105,8 +105,19 @@ def _child(kind: str, args: argparse.Namespace) -> None:
 
 def _measure_memory(kind: str, args: argparse.Namespace) -> dict:
     cmd = [
-        sys.executable, "-m", "ram_ot.bench.ladder", "--child", kind, "--model", args.model,
-        "--batch", str(args.batch), "--labels", str(args.labels), "--threads", str(args.threads),
+        sys.executable,
+        "-m",
+        "ram_ot.bench.ladder",
+        "--child",
+        kind,
+        "--model",
+        args.model,
+        "--batch",
+        str(args.batch),
+        "--labels",
+        str(args.labels),
+        "--threads",
+        str(args.threads),
     ]
     # Large blocks straight from mmap and back on free: the resident size then follows the
     # live tensors instead of glibc's heap high-water mark (same setting for every child).
@@ -144,7 +155,9 @@ def _time_teacher(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ram_ot.bench ladder", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m ram_ot.bench ladder", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--model", default="ViT-B-16")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--labels", type=int, default=80)
@@ -158,15 +171,19 @@ def main(argv: list[str]) -> int:
         _child(args.child, args)
         return 0
 
-    print(f"ladder benchmark: {args.model}, random weights, {args.batch} images, {args.labels} labels, "
-          f"CPU, {args.threads} threads, torch {torch.__version__}")
+    print(
+        f"ladder benchmark: {args.model}, random weights, {args.batch} images, {args.labels} labels, "
+        f"CPU, {args.threads} threads, torch {torch.__version__}"
+    )
     if not args.skip_memory:
         if not os.path.exists("/proc/self/clear_refs"):
             print("memory: skipped (needs Linux /proc/self/clear_refs)")
         else:
             rows = {k: _measure_memory(k, args) for k in ("finetune", "ram", "ram-noteacher")}
             ft = rows["finetune"]["peak_kib"] - rows["finetune"]["base_kib"]
-            print("\npeak memory of one training step (fwd + bwd), above the resident size before it:")
+            print(
+                "\npeak memory of one training step (fwd + bwd), above the resident size before it:"
+            )
             print("| step | peak MiB | ratio to fine-tuning the ViT |")
             print("|---|---:|---:|")
             for k in ("finetune", "ram", "ram-noteacher"):
@@ -177,8 +194,11 @@ def main(argv: list[str]) -> int:
         print(f"\ntraining step time (median of {args.repeats}, interleaved):")
         print("| step | seconds | ratio to no teacher |")
         print("|---|---:|---:|")
-        for k, name in (("without", "no teacher"), ("shared", "teacher, shared trunk (RAM)"),
-                        ("separate", "teacher as a separate frozen forward")):
+        for k, name in (
+            ("without", "no teacher"),
+            ("shared", "teacher, shared trunk (RAM)"),
+            ("separate", "teacher as a separate frozen forward"),
+        ):
             print(f"| {name} | {t[k]:.2f} | {t[k] / t['without']:.2f} |")
     return 0
 

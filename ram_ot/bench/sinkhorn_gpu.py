@@ -7,7 +7,8 @@ Times, at RAM's three benchmark shapes (paper Sec. 3.3; B images x N regions x M
   ``ram_ot.bench._official`` when it exists, else the minimal re-implementation below;
 * ``torch``: ``sinkhorn(..., backend="torch")`` (plan included);
 * ``triton``: ``sinkhorn(..., backend="triton")`` (plan included), and the kernel alone
-  (``_triton.solve_potentials``) in its automatic, on-chip, streamed and split variants;
+  (``_triton.solve_potentials``) in its automatic, register-resident, on-chip, streamed and
+  split variants;
 * ``pot``: POT's batched log-domain solver ``ot.batch.solve_batch(method="log_sinkhorn")``;
 
 all with ``max_iter`` iterations forced (``tol=0``), timed with CUDA events (median of
@@ -282,10 +283,12 @@ def _methods(
     ]
     _, n, m = cost.shape
     padded = _triton.triton.next_power_of_2(n) * _triton.triton.next_power_of_2(m) if ok else 0
-    for variant in ("auto", "onchip", "stream", "split"):
+    for variant in ("auto", "resident", "onchip", "stream", "split"):
         why = no_triton
         if not why and variant == "onchip" and padded > 32768:
             why = f"skipped: padded tile of {padded} values does not fit in registers"
+        if not why and variant == "resident" and not _triton._resident_fits(n, m, cost.dtype):
+            why = "skipped: the tile does not fit in registers"
         call = partial(_triton.solve_potentials, cost, la, lb, **kern, _variant=variant)
         out.append((f"triton kernel ({variant})", call, why))
     if not args.no_pot:

@@ -80,7 +80,13 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
 
 def _area(poly: list[tuple[float, float]]) -> float:
     return (
-        abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(poly, poly[1:] + poly[:1], strict=False))) / 2.0
+        abs(
+            sum(
+                x0 * y1 - x1 * y0
+                for (x0, y0), (x1, y1) in zip(poly, poly[1:] + poly[:1], strict=False)
+            )
+        )
+        / 2.0
     )
 
 

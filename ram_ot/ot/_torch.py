@@ -83,7 +83,9 @@ def solve_potentials(
         cost.requires_grad or log_a.requires_grad or log_b.requires_grad
     )
     solver = solve_scaling if (cost.device.type == "cpu" and not grad) else solve_lse
-    kwargs = dict(reg=reg, fi_a=fi_a, fi_b=fi_b, max_iter=max_iter, tol=tol, check_every=check_every)
+    kwargs = dict(
+        reg=reg, fi_a=fi_a, fi_b=fi_b, max_iter=max_iter, tol=tol, check_every=check_every
+    )
     group = _cpu_group_size(cost) if solver is solve_scaling else cost.shape[0]
     if group >= cost.shape[0]:
         return solver(cost, log_a, log_b, **kwargs)

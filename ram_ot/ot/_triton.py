@@ -6,10 +6,15 @@ launches about ten small kernels and one host sync per iteration; for RAM's shap
 solver is bound by launches, not arithmetic. This module usually runs *all* iterations of
 one problem in a single Triton program (one program per problem, grid ``(B,)``, one launch):
 
-* **on-chip**: when the padded cost tile fits (``BLOCK_N * BLOCK_M`` up to 8192 fp32
-  values, e.g. (49, 80) -> 64 x 128), the tile is read from global memory once, scaled,
-  and kept in registers for all iterations;
-* **streamed**: otherwise (RAM's (196, 80), NUS-WIDE's M = 1006, ViT-L's N = 576) the tile
+* **resident** (what "auto" takes when it fits): the cost tile, read once and scaled, and
+  both potentials stay in registers for all iterations, with no global memory traffic or
+  block barrier inside the loop. The columns are held as up to two power-of-two chunks, so
+  RAM's (196, 80) is a 256 x (64 + 16) tile (20480 fp32 values, 8 warps); up to 20480
+  fp32 / 4096 fp64 values;
+* **on-chip**: the first design, kept for comparison: the padded tile (one power-of-two
+  block) in registers, the potentials round-tripping through global memory every
+  half-iteration;
+* **streamed**: when the tile does not fit (NUS-WIDE's M = 1006, ViT-L's N = 576) the tile
   is read block by block in every half-iteration (from L1/L2 after the first read) with an
   online log-sum-exp;
 * **split**: for a few large problems on a GPU (``2 B <= #SMs`` and ``N M >= 2^16``, e.g.
@@ -75,7 +80,7 @@ _ONCHIP_MAX_ELEMENTS = {torch.float32: 8192, torch.float64: 4096}
 _STREAM_CONFIG = {torch.float32: (64, 128, 8), torch.float64: (32, 128, 8)}
 #: (BLOCK_N, BLOCK_M, num_warps) of the split variant (programs per row block), per dtype.
 _SPLIT_CONFIG = {torch.float32: (32, 128, 4), torch.float64: (16, 128, 4)}
-_VARIANTS = ("auto", "onchip", "stream", "split")
+_VARIANTS = ("auto", "resident", "onchip", "stream", "split")
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
@@ -274,6 +279,152 @@ if triton is not None:
             cols = j0 + rm
             v = tl.load(v_b + cols, mask=cols < M, other=0.0)
             tl.store(v_b + cols, v * to_cost, mask=cols < M)
+        tl.store(n_iter_ptr + b, k.to(tl.int64))
+        tl.store(err_ptr + b, last_err)
+
+    # ----------------------------------------------------------------------------------
+    # "resident" variant: the whole problem in one program's registers. The cost tile is
+    # held as up to two column chunks (BLOCK_M1 + BLOCK_M2 columns, both powers of two, so
+    # that e.g. M = 80 is 64 + 16 rather than 128 padded), and the potentials stay in
+    # registers across iterations too: no global memory traffic and no block barriers
+    # inside the loop, only the reductions of the two half-iterations.
+    # ----------------------------------------------------------------------------------
+
+    def _resident_kernel(
+        cost_ptr,  # (B, N, M) cost, last stride 1
+        la_ptr,  # (B, N) log a, -inf on masked rows
+        lb_ptr,  # (B, M) log b, -inf on masked columns
+        prm_ptr,  # (6,) [log2(e)/reg, fi_a, fi_b, tol, reg*ln2, log2(e)] in the cost dtype
+        f_ptr,  # (B, N) out: f
+        g_ptr,  # (B, M) out: g
+        n_iter_ptr,  # (B,) out: int64 iterations run
+        err_ptr,  # (B,) out: error at the last convergence test
+        N,
+        M,
+        max_iter,
+        check_every,
+        stride_cb,
+        stride_cn,
+        BALANCED: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_M1: tl.constexpr,
+        BLOCK_M2: tl.constexpr,  # 0: a single column chunk
+    ):
+        b = tl.program_id(0).to(tl.int64)
+        cost_b = cost_ptr + b * stride_cb
+        dtype = cost_ptr.dtype.element_ty
+        scale = tl.load(prm_ptr)
+        fi_a = tl.load(prm_ptr + 1)
+        fi_b = tl.load(prm_ptr + 2)
+        tol = tl.load(prm_ptr + 3)
+        to_cost = tl.load(prm_ptr + 4)
+        log2e = tl.load(prm_ptr + 5)
+        zero = scale * 0.0
+        inf = zero + float("inf")
+
+        rows = tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        la = tl.load(la_ptr + b * N + rows, mask=rmask, other=float("-inf"))
+        real_a = la > float("-inf")
+        la2 = tl.where(real_a, la * log2e, float("-inf"))
+        mass_a = tl.where(real_a, tl.exp2(tl.where(real_a, la2, 0.0)), 0.0)
+        u = tl.where(real_a, 0.0, float("-inf")).to(dtype)
+
+        cols1 = tl.arange(0, BLOCK_M1)
+        cmask1 = cols1 < M
+        tile1 = tl.load(
+            cost_b + rows[:, None] * stride_cn + cols1[None, :],
+            mask=rmask[:, None] & cmask1[None, :],
+            other=0.0,
+        )
+        tile1 = tile1 * scale
+        lb1 = tl.load(lb_ptr + b * M + cols1, mask=cmask1, other=float("-inf"))
+        real_b1 = lb1 > float("-inf")
+        lb1 = tl.where(real_b1, lb1 * log2e, float("-inf"))
+        v1 = tl.where(real_b1, 0.0, float("-inf")).to(dtype)
+        if BLOCK_M2 > 0:
+            cols2 = BLOCK_M1 + tl.arange(0, BLOCK_M2)
+            cmask2 = cols2 < M
+            tile2 = tl.load(
+                cost_b + rows[:, None] * stride_cn + cols2[None, :],
+                mask=rmask[:, None] & cmask2[None, :],
+                other=0.0,
+            )
+            tile2 = tile2 * scale
+            lb2 = tl.load(lb_ptr + b * M + cols2, mask=cmask2, other=float("-inf"))
+            real_b2 = lb2 > float("-inf")
+            lb2 = tl.where(real_b2, lb2 * log2e, float("-inf"))
+            v2 = tl.where(real_b2, 0.0, float("-inf")).to(dtype)
+
+        k = tl.program_id(0) * 0  # int32 scalar: iterations done
+        du = inf  # unbalanced error pieces (scaled units)
+        dv = zero
+        last_err = inf
+        go = k <= max_iter
+        while go:
+            # ---- row pass: r_i = log2 sum_j 2^(v_j - K_ij)
+            x1 = v1[None, :] - tile1
+            mx = tl.max(x1, axis=1)
+            if BLOCK_M2 > 0:
+                x2 = v2[None, :] - tile2
+                mx = tl.maximum(mx, tl.max(x2, axis=1))
+            ms = tl.where(mx == float("-inf"), 0.0, mx)
+            s = tl.sum(tl.exp2(x1 - ms[:, None]), axis=1)
+            if BLOCK_M2 > 0:
+                s += tl.sum(tl.exp2(x2 - ms[:, None]), axis=1)
+            r = tl.where(mx == float("-inf"), float("-inf"), mx + tl.log2(tl.where(s > 0, s, 1.0)))
+            # ---- convergence test after iteration k (k = 0 only when max_iter = 0)
+            if BALANCED:
+                ur = tl.where(real_a, u + r, float("-inf"))
+                err = tl.sum(tl.where(real_a, tl.abs(tl.exp2(ur) - mass_a), 0.0), axis=0)
+            else:
+                err = (du + dv) * to_cost
+            tested = (k == max_iter) | ((k > 0) & (k % check_every == 0))
+            last_err = tl.where(tested, err, last_err)
+            stop = (tested & (err < tol)) | (k >= max_iter)
+            if stop:
+                go = k < 0  # False, as a tensor
+            else:
+                # ---- f-update: u_i = fi_a * (log2 a_i - r_i)
+                u_new = tl.where(real_a, fi_a * (tl.where(real_a, la2, 0.0) - r), float("-inf"))
+                diff = tl.where(real_a, u_new, 0.0) - tl.where(real_a, u, 0.0)
+                du = tl.where(k == 0, inf, tl.max(tl.abs(diff), axis=0))
+                u = u_new
+                # ---- column pass + g-update: v_j = fi_b * (log2 b_j - log2 sum_i 2^(u_i - K_ij))
+                y1 = u[:, None] - tile1
+                my1 = tl.max(y1, axis=0)
+                ms1 = tl.where(my1 == float("-inf"), 0.0, my1)
+                s1 = tl.sum(tl.exp2(y1 - ms1[None, :]), axis=0)
+                c1 = tl.where(
+                    my1 == float("-inf"), float("-inf"), my1 + tl.log2(tl.where(s1 > 0, s1, 1.0))
+                )
+                v1_new = tl.where(real_b1, fi_b * (tl.where(real_b1, lb1, 0.0) - c1), float("-inf"))
+                diff1 = tl.where(real_b1, v1_new, 0.0) - tl.where(real_b1, v1, 0.0)
+                dv = tl.max(tl.abs(diff1), axis=0)
+                v1 = v1_new
+                if BLOCK_M2 > 0:
+                    y2 = u[:, None] - tile2
+                    my2 = tl.max(y2, axis=0)
+                    ms2 = tl.where(my2 == float("-inf"), 0.0, my2)
+                    s2 = tl.sum(tl.exp2(y2 - ms2[None, :]), axis=0)
+                    c2 = tl.where(
+                        my2 == float("-inf"),
+                        float("-inf"),
+                        my2 + tl.log2(tl.where(s2 > 0, s2, 1.0)),
+                    )
+                    v2_new = tl.where(
+                        real_b2, fi_b * (tl.where(real_b2, lb2, 0.0) - c2), float("-inf")
+                    )
+                    diff2 = tl.where(real_b2, v2_new, 0.0) - tl.where(real_b2, v2, 0.0)
+                    dv = tl.maximum(dv, tl.max(tl.abs(diff2), axis=0))
+                    v2 = v2_new
+                k += 1
+
+        # ---- back to cost units: f = u * reg * ln 2, g = v * reg * ln 2
+        tl.store(f_ptr + b * N + rows, u * to_cost, mask=rmask)
+        tl.store(g_ptr + b * M + cols1, v1 * to_cost, mask=cmask1)
+        if BLOCK_M2 > 0:
+            tl.store(g_ptr + b * M + cols2, v2 * to_cost, mask=cmask2)
         tl.store(n_iter_ptr + b, k.to(tl.int64))
         tl.store(err_ptr + b, last_err)
 
@@ -522,6 +673,7 @@ def _interpret_mode() -> bool:
 _KERNELS: dict[tuple[bool, str], Any] = {}
 _NO_SPECIALIZE = {
     "fused": ["max_iter", "check_every"],
+    "resident": ["max_iter", "check_every"],
     "split_rows": [],
     "split_cols": [],
     "split_check": [],
@@ -535,6 +687,7 @@ def _kernel(name: str = "fused") -> Any:
     if key not in _KERNELS:
         fn = {
             "fused": _sinkhorn_kernel,
+            "resident": _resident_kernel,
             "split_rows": _split_rows_kernel,
             "split_cols": _split_cols_kernel,
             "split_check": _split_check_kernel,
@@ -776,6 +929,16 @@ def solve_potentials(
             balanced,
         )
         return f, g, n_iter, error
+    if _variant == "resident" or (_variant == "auto" and _resident_fits(n, m, dt)):
+        bn, bm1, bm2, warps = _resident_config(n, m, dt)
+        _kernel("resident")[(bsz,)](
+            cost, log_a, log_b, params, f, g, n_iter, error,
+            n, m, int(max_iter), int(check_every),
+            cost.stride(0), cost.stride(1),
+            BALANCED=balanced, BLOCK_N=bn, BLOCK_M1=bm1, BLOCK_M2=bm2,
+            num_warps=warps,
+        )  # fmt: skip
+        return f, g, n_iter, error
     cfg = _config(n, m, dt, _variant)
     r = torch.empty((bsz, n), device=dev, dtype=dt)
     _kernel()[(bsz,)](
@@ -786,6 +949,41 @@ def solve_potentials(
         num_warps=cfg.num_warps,
     )  # fmt: skip
     return f, g, n_iter, error
+
+
+#: Largest tile (elements, after splitting the columns into two power-of-two chunks) that the
+#: "resident" variant keeps in registers, per dtype. ptxas (sm_90) reports no or a few bytes
+#: of spills up to 256 x 80 fp32 (RAM's 196 x 80) at 8-16 warps; 256 x 128 spills ~1 KB.
+_RESIDENT_MAX_ELEMENTS = {torch.float32: 20480, torch.float64: 4096}
+#: 32-bit tile words per thread that set the resident variant's warps (at least 4, at most
+#: 16). fp32: read off ``.ci/tune-triton.py`` on an H200, where 8 warps (80 values per thread,
+#: 255 registers) was fastest at 196 x 80 (6.8 us per iteration against 8.5 at 16 warps and
+#: 7.8 at 4), and 4 warps at 49 x 80 and 64 x 64 (docs/benchmarks.md). fp64 (untimed): the
+#: most that ptxas compiles without spills (64 x 64 at 8 warps).
+_RESIDENT_WORDS_PER_THREAD = {torch.float32: 80, torch.float64: 32}
+
+
+def _resident_columns(m: int) -> tuple[int, int]:
+    """Two power-of-two column chunks covering `m` with little padding (second may be 0)."""
+    bm = triton.next_power_of_2(max(m, 1))
+    if bm == m or bm <= 16:
+        return bm, 0
+    return bm // 2, triton.next_power_of_2(m - bm // 2)
+
+
+def _resident_config(n: int, m: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_M1, BLOCK_M2, num_warps) of the register-resident variant."""
+    bn = triton.next_power_of_2(max(n, 1))
+    bm1, bm2 = _resident_columns(m)
+    words = bn * (bm1 + bm2) * (2 if dtype == torch.float64 else 1)  # 32-bit registers
+    warps = -(-words // (32 * _RESIDENT_WORDS_PER_THREAD[dtype]))
+    return bn, bm1, bm2, max(4, min(16, triton.next_power_of_2(warps)))
+
+
+def _resident_fits(n: int, m: int, dtype: torch.dtype) -> bool:
+    bn = triton.next_power_of_2(max(n, 1))
+    bm1, bm2 = _resident_columns(m)
+    return bn * (bm1 + bm2) <= _RESIDENT_MAX_ELEMENTS[dtype]
 
 
 def _prefer_split(bsz: int, n: int, m: int, device: torch.device) -> bool:
@@ -876,14 +1074,21 @@ def _solve_split(
 
 
 def _compile_report(
-    *, arch: int = 90, dtype: str = "fp32", variant: str = "onchip", balanced: bool = True
+    *,
+    arch: int = 90,
+    dtype: str = "fp32",
+    variant: str = "onchip",
+    balanced: bool = True,
+    shape: tuple[int, int] | None = None,
+    num_warps: int | None = None,
 ) -> str:
     """Compile the kernel(s) for ``sm_<arch>`` without a GPU and return ptxas' resource lines.
 
     Uses Triton's ahead-of-time path (``triton.compile`` with a ``GPUTarget``) and the ptxas
     bundled with Triton; it needs Triton in compiled mode (``TRITON_INTERPRET`` unset at its
     import). Tile sizes are those picked for a 64 x 128 padded tile (``variant="onchip"``), for
-    RAM's (196, 80) problems (``"stream"``), or the split variant's four kernels (``"split"``).
+    RAM's (196, 80) problems (``"stream"`` and ``"resident"``), or the split variant's four
+    kernels (``"split"``); `shape` ``(N, M)`` and `num_warps` override the defaults.
 
     Returns:
         one line per kernel, e.g. ``"sm_90 fp32 onchip balanced fused (64x128, 16 warps): 0 bytes
@@ -908,8 +1113,12 @@ def _compile_report(
         jobs.append(
             ("split_decide", {"BALANCED": balanced, "BLOCK_RB": 32, "BLOCK_CB": 8}, 1, "32/8")
         )
+    elif variant == "resident":
+        bn, bm1, bm2, warps = _resident_config(*(shape or (196, 80)), tdt)
+        consts = {"BALANCED": balanced, "BLOCK_N": bn, "BLOCK_M1": bm1, "BLOCK_M2": bm2}
+        jobs.append(("resident", consts, num_warps or warps, f"{bn}x({bm1}+{bm2})"))
     else:
-        n, m = (49, 80) if variant == "onchip" else (196, 80)
+        n, m = shape or ((49, 80) if variant == "onchip" else (196, 80))
         cfg = _config(n, m, tdt, variant)
         consts = {
             "BALANCED": balanced,
@@ -917,7 +1126,7 @@ def _compile_report(
             "BLOCK_N": cfg.block_n,
             "BLOCK_M": cfg.block_m,
         }
-        jobs.append(("fused", consts, cfg.num_warps, f"{cfg.block_n}x{cfg.block_m}"))
+        jobs.append(("fused", consts, num_warps or cfg.num_warps, f"{cfg.block_n}x{cfg.block_m}"))
     lines = []
     for name, consts, warps, label in jobs:
         jit_fn = _kernel(name)
