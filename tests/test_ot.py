@@ -567,11 +567,64 @@ def test_cpu_grouping_gives_the_same_results(monkeypatch, balanced):
     kw = dict(reg=0.05, reg_m=reg_m, max_iter=300, tol=1e-4, backend="torch")
     monkeypatch.setattr(_torch, "CPU_CACHE_BUDGET", 1 << 40)
     whole = sinkhorn(cost, **kw)
-    monkeypatch.setattr(_torch, "CPU_CACHE_BUDGET", 2 * 13 * 9 * 4 * 3)  # groups of 3 problems
-    assert _torch._cpu_group_size(cost) == 3
+    monkeypatch.setattr(_torch, "CPU_CACHE_BUDGET", 2 * 13 * 9 * 4 * 4)  # groups of 4 problems
+    assert _torch._cpu_group_size(cost) == 4
     grouped = sinkhorn(cost, **kw)
     assert torch.equal(whole.n_iter, grouped.n_iter)
     assert torch.equal(whole.converged, grouped.converged)
     # equal up to float32 rounding (batched products may sum in another order)
     for x, y in zip(whole[:3], grouped[:3], strict=True):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reg_m", [None, 1.0])
+def test_lazy_range_tests_roll_back_and_absorb(monkeypatch, reg_m):
+    # At small reg the scalings leave their range within a few iterations: the CPU solver
+    # notices at the end of a lazy window, replays it with a test per half-iteration, and
+    # must end where the log-domain iterations (float64) do.
+    from ram_ot.ot import _torch
+
+    failed = []
+    real = _torch._out_of_range
+
+    def counting(*args):
+        bad = real(*args)
+        failed.append(bool(bad))
+        return bad
+
+    monkeypatch.setattr(_torch, "_out_of_range", counting)
+    gen = torch.Generator().manual_seed(12)
+    cost = torch.rand(4, 30, 20, generator=gen, dtype=torch.float64) * 2
+    la = torch.full((4, 30), -math.log(30), dtype=torch.float64)
+    lb = torch.full((4, 20), -math.log(20), dtype=torch.float64)
+    fi = 1.0 if reg_m is None else reg_m / (reg_m + 5e-3)
+    kw = dict(reg=5e-3, fi_a=fi, fi_b=fi, max_iter=40, tol=0.0, check_every=10)
+    f, g, n, _ = _torch.solve_scaling(cost.float(), la.float(), lb.float(), **kw)
+    f64, g64, _, _ = _torch.solve_lse(cost, la, lb, **kw)
+    assert any(failed), "the rollback path was not exercised"
+    assert n.tolist() == [40] * 4
+    torch.testing.assert_close(f.double(), f64, rtol=0, atol=2e-4)
+    torch.testing.assert_close(g.double(), g64, rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("threads", [2, 1])  # bmm layout; per-problem mv with K^T stored
+@pytest.mark.parametrize("reg_m", [None, 0.4])
+def test_cpu_plan_from_kernel_equals_exp_of_potentials(monkeypatch, threads, reg_m):
+    # The CPU solver forms the plan as u K v from its kernel, at each problem's own stop;
+    # it must equal exp((f + g - C)/reg) of the returned potentials (masked entries: 0).
+    cost, a, b = kcot_problem(4, 37, 29, dtype=torch.float64, seed=21)
+    cost[0] *= 0.02  # stops much sooner than the others
+    mask_a = torch.ones(4, 37, dtype=torch.bool)
+    mask_b = torch.ones(4, 29, dtype=torch.bool)
+    mask_a[1, -5:] = False
+    mask_b[2, :4] = False
+    a = torch.where(mask_a, a, 0.0)
+    b = torch.where(mask_b, b, 0.0)
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)  # feasible when balanced
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    res = sinkhorn(cost, a, b, reg=0.05, reg_m=reg_m, mask_a=mask_a, mask_b=mask_b,
+                   tol=1e-7, max_iter=3000, check_every=5)  # fmt: skip
+    assert len(set(res.n_iter.tolist())) > 1
+    want = torch.exp((res.f[:, :, None] + res.g[:, None, :] - cost) / 0.05)
+    torch.testing.assert_close(res.plan, want, rtol=1e-10, atol=1e-14)
+    assert bool((res.plan[1, -5:] == 0).all()) and bool((res.plan[2, :, :4] == 0).all())

@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
         prog="python -m ram_ot.bench sinkhorn", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
-        "--repeat", type=int, default=3, help="timed runs per solver (best is kept)"
+        "--repeat", type=int, default=5, help="timed runs per solver (best is kept); default 5"
     )
     parser.add_argument("--iters", type=int, default=100, help="iterations forced on every solver")
     parser.add_argument("--reg", type=float, default=0.1, help="entropic regularisation")

@@ -310,9 +310,19 @@ def sinkhorn(
             la0 = lb0 = None
             C_solve = C
 
+        plan = None
         if grad == "detach":
             with torch.no_grad():
-                f, g, n_iter, error = solve(C_solve.contiguous(), log_a, log_b, **params)
+                if name == "torch" and device.type == "cpu":
+                    # the CPU solver forms the plan from its kernel (no second exp pass)
+                    from ram_ot.ot._torch import solve_potentials as solve_cpu
+
+                    plan = torch.empty(C_solve.shape, dtype=dtype, device=device)
+                    f, g, n_iter, error = solve_cpu(
+                        C_solve.contiguous(), log_a, log_b, **params, plan_out=plan
+                    )
+                else:
+                    f, g, n_iter, error = solve(C_solve.contiguous(), log_a, log_b, **params)
         elif grad == "unroll":
             from ram_ot.ot._torch import solve_lse
 
@@ -327,7 +337,9 @@ def sinkhorn(
             # potentials of the "entropy" problem with cost C_solve -> potentials for C
             f = f + reg * la0
             g = g + reg * lb0
-        if grad != "detach" and torch.is_grad_enabled():
+        if plan is not None:
+            pass
+        elif grad != "detach" and torch.is_grad_enabled():
             plan = torch.exp((f[:, :, None] + g[:, None, :] - C) / reg)  # (B, N, M)
         else:
             with torch.no_grad():
