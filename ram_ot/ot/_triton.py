@@ -17,8 +17,8 @@ one problem in a single Triton program (one program per problem, grid ``(B,)``, 
 * **streamed**: when the tile does not fit (NUS-WIDE's M = 1006, ViT-L's N = 576) the tile
   is read block by block in every half-iteration (from L1/L2 after the first read) with an
   online log-sum-exp;
-* **split**: for a few large problems on a GPU (``2 B <= #SMs`` and ``N M >= 2^16``, e.g.
-  8 x 576 x 1006) one program per (problem, row block) and two launches per iteration: the
+* **split**: for large problems on a GPU (``N M >= 2^16``, e.g. NUS-WIDE's 196 x 1006 and
+  ViT-L's 576 x 1006) one program per (problem, row block) and two launches per iteration: the
   row kernel updates f for its rows and writes column (max, sum-exp) partials, the column
   kernel combines them into g. Converged problems are frozen by device-side flags.
 
@@ -987,23 +987,15 @@ def _resident_fits(n: int, m: int, dtype: torch.dtype) -> bool:
 
 
 def _prefer_split(bsz: int, n: int, m: int, device: torch.device) -> bool:
-    """Whether "auto" takes the split variant: few large problems on a GPU.
+    """Whether "auto" takes the split variant: problems of at least 2^16 entries on a GPU.
 
-    One program per problem leaves most SMs idle when ``2 B`` is below the SM count; for
-    problems of at least 2^16 entries (e.g. 8 x 576 x 1006) the split variant's extra
-    launches (two per iteration) are expected to cost less than the idle SMs. This rule is
-    not yet tuned on hardware: ``python -m ram_ot.bench sinkhorn-gpu`` times both.
+    Such tiles do not fit the resident variant, and the streamed one (one program per
+    problem re-reading its tile from L2 every half-iteration) was 1.7-11x slower than the
+    split variant at every such shape timed on an H200 (B from 2 to 128, (196, 1006) and
+    (576, 1006); docs/benchmarks.md). The batch size is not part of the rule: split won at
+    B = 128 too, where one program per problem would already fill the SMs.
     """
-    if device.type != "cuda" or _interpret_mode() or n * m < 2**16:
-        return False
-    return 2 * bsz <= _sm_count(
-        device.index if device.index is not None else torch.cuda.current_device()
-    )
-
-
-@cache
-def _sm_count(index: int) -> int:
-    return int(torch.cuda.get_device_properties(index).multi_processor_count)
+    return device.type == "cuda" and not _interpret_mode() and n * m >= 2**16
 
 
 def _solve_split(
