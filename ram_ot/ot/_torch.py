@@ -425,7 +425,11 @@ def solve_scaling(
     ``f = fa + reg·log u`` and ``g = ga + reg·log v``. Each half-iteration is one
     matrix-vector product per problem; a problem whose new scaling leaves ``[e^-τ, e^τ]``
     (or is inf/NaN because a product underflowed) redoes that half-iteration in the log
-    domain and absorbs it into a fresh kernel. Converged problems are skipped.
+    domain and absorbs it into a fresh kernel. The range is tested every ``LAZY_WINDOW``
+    iterations (and at convergence tests); a failed test rolls the window back and replays
+    it with a test after each half-iteration. Converged problems are left out of the tests
+    (and of the products in ``"mv"`` mode). With `plan_out`, each problem's plan
+    ``u_i K_ij v_j`` is written there when it stops.
     """
     B, N, M = cost.shape
     dtype, device = cost.dtype, cost.device
