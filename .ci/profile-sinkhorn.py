@@ -9,28 +9,18 @@ convergence check are small kernels and host syncs around the one Sinkhorn launc
 
 from __future__ import annotations
 
-import statistics
 import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from ram_ot.bench.sinkhorn_gpu import _measure, _timer
 from ram_ot.ot import _triton, sinkhorn
 
 
 def _ms(fn, repeats: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    out = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        out.append(start.elapsed_time(end))
-    return statistics.median(out)
+    """Median milliseconds of `fn` over `repeats` calls after 3 warm-ups (CUDA events)."""
+    return _measure(fn, _timer(torch.device("cuda")), 3, repeats)
 
 
 def main() -> int:

@@ -10,12 +10,12 @@ against the torch backend (plans within 1e-4 relative), so a fast wrong kernel s
 
 from __future__ import annotations
 
-import statistics
 import sys
 from functools import partial
 
 import torch
 
+from ram_ot.bench.sinkhorn_gpu import _measure, _timer
 from ram_ot.ot import _torch, _triton
 
 SHAPES = [(32, 196, 80), (128, 196, 80), (32, 49, 80), (32, 196, 20), (32, 100, 100),
@@ -24,18 +24,8 @@ ITERS, REPEATS = 100, 15
 
 
 def _time(fn) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(REPEATS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median milliseconds of `fn` over REPEATS calls after 3 warm-ups (CUDA events)."""
+    return _measure(fn, _timer(torch.device("cuda")), 3, REPEATS)
 
 
 def _resident(cost, la, lb, kw, warps):
