@@ -122,6 +122,8 @@ CPU_CACHE_BUDGET = 8 << 20
 """Bytes of kernel that one group of CPU problems may occupy."""
 
 
+_LOG2E = 1.0 / math.log(2.0)
+
 LAZY_WINDOW = 8
 """Iterations between the CPU solver's range tests of the scalings (see ``solve_scaling``)."""
 
@@ -297,11 +299,11 @@ class _Kernel:
 
     def _build(self, Cl: Tensor, fa: Tensor, ga: Tensor, out: Tensor | None = None) -> Tensor:
         rp, cp = (ga, fa) if self.t else (fa, ga)
-        s = 1.0 / self.reg
+        s = _LOG2E / self.reg  # in base 2: exp2 is cheaper than exp on CPUs (~0.6x the time)
         K = torch.sub(cp[:, None, :] * s, Cl, alpha=s, out=out)  # (B, R, S) in the storage layout
         # entries below exp(lo) (absent rows/columns included) become exp(lo): a floor far
         # below any entry that matters, which keeps every product a normal number
-        return K.add_(rp[:, :, None] * s).clamp_(min=self.lim.lo).exp_()
+        return K.add_(rp[:, :, None] * s).clamp_(min=self.lim.lo * _LOG2E).exp2_()
 
     def set_all(self, fa: Tensor, ga: Tensor) -> None:
         self._build(self.Cl, fa, ga, out=self.L)
@@ -506,7 +508,29 @@ def solve_scaling(
     snap_u, snap_v, snap_kv = u.clone(), v.clone(), Kv.clone()
     k_snap, strict_until = 0, 0
     k = 0
+    tiny = lim.tiny
     while k < max_iter:
+        if k >= strict_until:
+            # the iterations before the next window end have no test or check: run them plainly
+            k_end = min(max_iter, (k // LAZY_WINDOW + 1) * LAZY_WINDOW)
+            if tol > 0:
+                k_end = min(k_end, (k // check_every + 1) * check_every)
+            while k < k_end - 1:
+                k += 1
+                if masked:
+                    Kv.clamp_min_(tiny)
+                if balanced:
+                    torch.div(a, Kv, out=u)
+                else:
+                    torch.pow(Kv, -fi_a, out=u).mul_(ea)
+                ker.cols(active)
+                if masked:
+                    Ktu.clamp_min_(tiny)
+                if balanced:
+                    torch.div(b, Ktu, out=v)
+                else:
+                    torch.pow(Ktu, -fi_b, out=v).mul_(eb)
+                ker.rows(active)
         k += 1
         strict = k <= strict_until
         check = _is_check(k, max_iter, tol, check_every)
