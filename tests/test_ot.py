@@ -497,6 +497,9 @@ def test_bad_cost_raises():
 
 def test_backend_dispatch(monkeypatch):
     cpu = torch.device("cpu")
+    # Triton fixes its mode at its first import: import it (through the probe) under the
+    # session's TRITON_INTERPRET before unsetting that, or later tests would get it compiled
+    available_backends("cpu")
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert "torch" in available_backends("cpu")
@@ -628,3 +631,48 @@ def test_cpu_plan_from_kernel_equals_exp_of_potentials(monkeypatch, threads, reg
     want = torch.exp((res.f[:, :, None] + res.g[:, None, :] - cost) / 0.05)
     torch.testing.assert_close(res.plan, want, rtol=1e-10, atol=1e-14)
     assert bool((res.plan[1, -5:] == 0).all()) and bool((res.plan[2, :, :4] == 0).all())
+
+
+def test_cpu_solver_equals_log_domain_solver_on_random_configurations(monkeypatch):
+    # The CPU fast path (scaling with absorption, lazy range tests, groups, the plan from its
+    # kernel, bmm or per-problem mv) against the log-domain iterations: the same iteration
+    # counts, potentials and plan on random shapes, masks, reg, reg_m per side, tol and
+    # check_every (float64, where both are exact to ~1e-12).
+    import random
+
+    from ram_ot.ot import _torch
+
+    rng = random.Random(0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(48):
+        B, N, M = rng.choice([1, 2, 5]), rng.choice([1, 2, 7, 33]), rng.choice([1, 3, 16, 40])
+        reg = rng.choice([1.0, 0.1, 0.02, 0.005])
+        fi_a = rng.choice([1.0, 0.9, 0.5])
+        fi_b = rng.choice([1.0, fi_a, 0.7])
+        threads = rng.choice([1, 2])
+        kw = dict(reg=reg, fi_a=fi_a, fi_b=fi_b, max_iter=rng.choice([1, 5, 40]),
+                  tol=rng.choice([0.0, 1e-6]), check_every=rng.choice([1, 3, 10]))  # fmt: skip
+        cost = torch.rand(B, N, M, generator=gen, dtype=torch.float64) * rng.choice([1, 2, 5])
+        a = torch.rand(B, N, generator=gen, dtype=torch.float64) + 0.1
+        b = torch.rand(B, M, generator=gen, dtype=torch.float64) + 0.1
+        if rng.random() < 0.5:  # ragged
+            for i in range(B):
+                a[i, rng.randrange(1, N) if N > 1 else N :] = 0
+                b[i, rng.randrange(1, M) if M > 1 else M :] = 0
+        a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+        la = torch.where(a > 0, a.log(), -INF)
+        lb = torch.where(b > 0, b.log(), -INF)
+        with monkeypatch.context() as m:
+            m.setattr(torch, "get_num_threads", lambda t=threads: t)
+            m.setattr(_torch, "CPU_CACHE_BUDGET", rng.choice([1 << 40, 1]))  # groups of 1
+            plan = torch.empty(B, N, M, dtype=torch.float64)
+            f1, g1, n1, _ = _torch.solve_potentials(cost, la, lb, **kw, plan_out=plan)
+        f2, g2, n2, _ = _torch.solve_lse(cost, la, lb, **kw)
+        where = f"{(B, N, M)} {kw} threads={threads}"
+        assert torch.equal(n1, n2), where
+        assert torch.equal(torch.isfinite(f1), torch.isfinite(f2)), where
+        real_f, real_g = torch.isfinite(f2), torch.isfinite(g2)
+        torch.testing.assert_close(f1[real_f], f2[real_f], rtol=0, atol=1e-8, msg=where)
+        torch.testing.assert_close(g1[real_g], g2[real_g], rtol=0, atol=1e-8, msg=where)
+        want = torch.exp((f1[:, :, None] + g1[:, None, :] - cost) / reg)
+        torch.testing.assert_close(plan, want, rtol=1e-9, atol=1e-13, msg=where)

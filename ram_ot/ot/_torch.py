@@ -535,7 +535,8 @@ def solve_scaling(
         strict = k <= strict_until
         check = _is_check(k, max_iter, tol, check_every)
         if check and not balanced:
-            f_prev = fa + reg * torch.log(u)
+            # iteration 1 has no previous iterate: its error is inf, as in solve_lse
+            f_prev = fa + reg * torch.log(u) if k > 1 else torch.full_like(fa, -math.inf)
             g_prev = ga + reg * torch.log(v)
 
         # f-update: u = (a / Kv)^fi_a · exp(−(1 − fi_a)·fa/reg); Kv = 0 gives inf/NaN -> caught
