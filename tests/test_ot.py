@@ -676,3 +676,25 @@ def test_cpu_solver_equals_log_domain_solver_on_random_configurations(monkeypatc
         torch.testing.assert_close(g1[real_g], g2[real_g], rtol=0, atol=1e-8, msg=where)
         want = torch.exp((f1[:, :, None] + g1[:, None, :] - cost) / reg)
         torch.testing.assert_close(plan, want, rtol=1e-9, atol=1e-13, msg=where)
+
+
+def test_cpu_workspace_is_reused_per_thread_and_bounded():
+    import threading
+
+    from ram_ot.ot import _torch
+
+    a = _torch._workspace("test", (2, 3, 4), torch.float32, torch.device("cpu"))
+    b = _torch._workspace("test", (4, 5), torch.float32, torch.device("cpu"))
+    assert a.data_ptr() == b.data_ptr() and b.shape == (4, 5)  # reused, reshaped
+    other = []
+    t = threading.Thread(
+        target=lambda: other.append(_torch._workspace("test", (2, 3, 4), torch.float32, "cpu"))
+    )
+    t.start()
+    t.join()
+    assert other[0].data_ptr() != a.data_ptr()  # each thread has its own
+    big = (4 * _torch.CPU_CACHE_BUDGET) // 4 + 1  # float32 elements just over the bound
+    x = _torch._workspace("test", (big,), torch.float32, torch.device("cpu"))
+    assert x.data_ptr() != a.data_ptr()
+    y = _torch._workspace("test", (2, 3, 4), torch.float32, torch.device("cpu"))
+    assert y.data_ptr() == a.data_ptr()  # the big one was not kept

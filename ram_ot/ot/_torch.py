@@ -377,15 +377,19 @@ _WORKSPACE = threading.local()
 def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> Tensor:
     """A scratch tensor of `shape`, reused across calls in this thread (contents undefined).
 
-    The CPU kernel of a batch or group (at most about ``CPU_CACHE_BUDGET`` bytes, or the
-    whole batch when one problem exceeds it) is rewritten in full by every solve; reusing
-    its memory spares the page faults of a fresh multi-megabyte allocation per call (about
-    a tenth of a COCO-sized solve). Each thread keeps its own buffers, one per `name`.
+    The CPU kernel of a batch or group (at most about ``CPU_CACHE_BUDGET`` bytes, or one
+    problem when a problem exceeds it) is rewritten in full by every solve; reusing its
+    memory spares the page faults of a fresh multi-megabyte allocation per call (about a
+    tenth of a COCO-sized solve). Each thread keeps its own buffers, one per `name`; a
+    buffer over ``4 * CPU_CACHE_BUDGET`` bytes is allocated afresh and not kept, so that no
+    thread holds on to the kernel of one huge problem.
     """
+    numel = math.prod(shape)
+    if numel * torch.empty((), dtype=dtype).element_size() > 4 * CPU_CACHE_BUDGET:
+        return torch.empty(shape, dtype=dtype, device=device)
     bufs = getattr(_WORKSPACE, "bufs", None)
     if bufs is None:
         bufs = _WORKSPACE.bufs = {}
-    numel = math.prod(shape)
     buf = bufs.get(name)
     if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
         buf = bufs[name] = torch.empty(numel, dtype=dtype, device=device)
