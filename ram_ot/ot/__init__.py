@@ -375,11 +375,15 @@ def _check_values(
 ) -> None:
     """Mass checks (one device sync) and, under `validate`, the NaN/inf scan of `cost`."""
     with torch.no_grad():
-        ok_a = (torch.isfinite(a) & (a >= 0)).all()
-        ok_b = (torch.isfinite(b) & (b >= 0)).all()
-        pos_a = (a.sum(dim=1) > 0).all()
-        pos_b = (b.sum(dim=1) > 0).all()
-        flags = torch.stack([ok_a, ok_b, pos_a, pos_b]).tolist()
+        # min, max (NaN propagates and fails both tests) and the smallest row total of each
+        stats = [*torch.aminmax(a), a.sum(dim=1).amin(), *torch.aminmax(b), b.sum(dim=1).amin()]
+        mn_a, mx_a, tot_a, mn_b, mx_b, tot_b = torch.stack(stats).tolist()  # one sync
+    flags = [
+        mn_a >= 0 and mx_a < math.inf,
+        mn_b >= 0 and mx_b < math.inf,
+        tot_a > 0,
+        tot_b > 0,
+    ]
     for ok, name in zip(flags[:2], ("a", "b"), strict=False):
         if not ok:
             raise ValueError(
