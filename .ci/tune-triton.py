@@ -28,22 +28,6 @@ def _time(fn) -> float:
     return _measure(fn, _timer(torch.device("cuda")), 3, REPEATS)
 
 
-def _resident(cost, la, lb, kw, warps):
-    bsz, n, m = cost.shape
-    bn, bm1, bm2, _ = _triton._resident_config(n, m, cost.dtype)
-    f = torch.empty((bsz, n), device=cost.device, dtype=cost.dtype)
-    g = torch.empty((bsz, m), device=cost.device, dtype=cost.dtype)
-    n_iter = torch.zeros((bsz,), device=cost.device, dtype=torch.int64)
-    err = torch.empty((bsz,), device=cost.device, dtype=cost.dtype)
-    prm = _triton._params(kw["reg"], 1.0, 1.0, kw["tol"], cost.dtype, cost.device)
-    _triton._kernel("resident")[(bsz,)](
-        cost, la, lb, prm, f, g, n_iter, err, n, m, kw["max_iter"], kw["check_every"],
-        cost.stride(0), cost.stride(1), BALANCED=True, BLOCK_N=bn, BLOCK_M1=bm1, BLOCK_M2=bm2,
-        num_warps=warps,
-    )  # fmt: skip
-    return f, g, n_iter, err
-
-
 def main() -> int:
     if not torch.cuda.is_available():
         print("tune-triton: no CUDA device")
@@ -63,7 +47,10 @@ def main() -> int:
         runs = []
         if _triton._resident_fits(n, m, cost.dtype) or n * m <= 32768:
             for warps in (4, 8, 16, 32):
-                runs.append(("resident", warps, partial(_resident, cost, la, lb, kw, warps)))
+                call = partial(_triton.solve_potentials, cost, la, lb, fi_a=1.0, fi_b=1.0, **kw)
+                runs.append(
+                    ("resident", warps, partial(call, _variant="resident", _num_warps=warps))
+                )
         for variant in ("onchip", "stream", "split", "auto"):
             if variant == "onchip" and _triton._config(n, m, cost.dtype, "onchip").block_n * \
                     _triton._config(n, m, cost.dtype, "onchip").block_m > 32768:  # fmt: skip

@@ -315,10 +315,8 @@ def sinkhorn(
             with torch.no_grad():
                 if name == "torch" and device.type == "cpu":
                     # the CPU solver forms the plan from its kernel (no second exp pass)
-                    from ram_ot.ot._torch import solve_potentials as solve_cpu
-
                     plan = torch.empty(C_solve.shape, dtype=dtype, device=device)
-                    f, g, n_iter, error = solve_cpu(
+                    f, g, n_iter, error = solve(
                         C_solve.contiguous(), log_a, log_b, **params, plan_out=plan
                     )
                 else:
@@ -337,11 +335,9 @@ def sinkhorn(
             # potentials of the "entropy" problem with cost C_solve -> potentials for C
             f = f + reg * la0
             g = g + reg * lb0
-        if plan is not None:
-            pass
-        elif grad != "detach" and torch.is_grad_enabled():
+        if plan is None and grad != "detach" and torch.is_grad_enabled():
             plan = torch.exp((f[:, :, None] + g[:, None, :] - C) / reg)  # (B, N, M)
-        else:
+        elif plan is None:
             with torch.no_grad():
                 s = 1.0 / reg
                 plan = torch.sub(f[:, :, None] * s, C, alpha=s)  # (B, N, M)

@@ -63,9 +63,10 @@ def solve_potentials(
     """Sinkhorn potentials of a batch of problems (see the module docstring for the contract).
 
     Picks :func:`solve_scaling` on the CPU when no gradient is recorded, else :func:`solve_lse`.
-    With `plan_out` (B, N, M) of `cost`'s dtype, also writes the plan ``exp((f + g − C)/reg)``
-    there: the CPU path forms it as ``u_i K_ij v_j`` from its kernel, without a second ``exp``
-    over the batch (entries below ``u_i·e^lo·v_j`` are raised to it, see ``_Limits``).
+    With `plan_out` (B, N, M) of `cost`'s dtype (CPU scaling path only), also writes the plan
+    ``exp((f + g − C)/reg)`` there, formed as ``u_i K_ij v_j`` from the kernel without a
+    second ``exp`` over the batch (entries below ``u_i·e^lo·v_j`` are raised to it, see
+    ``_Limits``).
 
     Args:
         cost: (B, N, M) float32/float64, contiguous. Cost matrices.
@@ -92,13 +93,12 @@ def solve_potentials(
         reg=reg, fi_a=fi_a, fi_b=fi_b, max_iter=max_iter, tol=tol, check_every=check_every
     )
     if solver is solve_lse:
-        out = solve_lse(cost, log_a, log_b, **kwargs)
         if plan_out is not None:
-            with torch.no_grad():
-                s = 1.0 / reg
-                torch.sub(out[0][:, :, None] * s, cost, alpha=s, out=plan_out)
-                plan_out.add_(out[1][:, None, :] * s).exp_()
-        return out
+            raise ValueError(
+                "sinkhorn: `plan_out` is formed by the CPU scaling path only (CPU tensors, "
+                "no gradient recorded)."
+            )
+        return solve_lse(cost, log_a, log_b, **kwargs)
     group = _cpu_group_size(cost)
     if group >= cost.shape[0]:
         return solve_scaling(cost, log_a, log_b, **kwargs, plan_out=plan_out)
@@ -385,7 +385,7 @@ def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device) ->
     thread holds on to the kernel of one huge problem.
     """
     numel = math.prod(shape)
-    if numel * torch.empty((), dtype=dtype).element_size() > 4 * CPU_CACHE_BUDGET:
+    if numel * dtype.itemsize > 4 * CPU_CACHE_BUDGET:
         return torch.empty(shape, dtype=dtype, device=device)
     bufs = getattr(_WORKSPACE, "bufs", None)
     if bufs is None:
@@ -509,10 +509,28 @@ def solve_scaling(
     # iterations (and at every convergence test) against a snapshot taken at the window's
     # start. If a test fails, the window is replayed from the snapshot with a test after
     # every half-iteration (and absorption where needed), as the strict scheme would run it.
+    def update_u() -> None:
+        """u = (a / Kv)^fi_a · exp(−(1 − fi_a)·fa/reg); Kv = 0 gives inf/NaN, caught by the tests."""
+        if masked:
+            Kv.clamp_min_(lim.tiny)  # absent rows have Kv = 0
+        if balanced:
+            torch.div(a, Kv, out=u)
+        else:
+            torch.pow(Kv, -fi_a, out=u).mul_(ea)
+
+    def update_v() -> None:
+        """K^T u, then v = (b / K^T u)^fi_b · exp(−(1 − fi_b)·ga/reg)."""
+        ker.cols(active)
+        if masked:
+            Ktu.clamp_min_(lim.tiny)
+        if balanced:
+            torch.div(b, Ktu, out=v)
+        else:
+            torch.pow(Ktu, -fi_b, out=v).mul_(eb)
+
     snap_u, snap_v, snap_kv = u.clone(), v.clone(), Kv.clone()
     k_snap, strict_until = 0, 0
     k = 0
-    tiny = lim.tiny
     while k < max_iter:
         if k >= strict_until:
             # the iterations before the next window end have no test or check: run them plainly
@@ -521,19 +539,8 @@ def solve_scaling(
                 k_end = min(k_end, (k // check_every + 1) * check_every)
             while k < k_end - 1:
                 k += 1
-                if masked:
-                    Kv.clamp_min_(tiny)
-                if balanced:
-                    torch.div(a, Kv, out=u)
-                else:
-                    torch.pow(Kv, -fi_a, out=u).mul_(ea)
-                ker.cols(active)
-                if masked:
-                    Ktu.clamp_min_(tiny)
-                if balanced:
-                    torch.div(b, Ktu, out=v)
-                else:
-                    torch.pow(Ktu, -fi_b, out=v).mul_(eb)
+                update_u()
+                update_v()
                 ker.rows(active)
         k += 1
         strict = k <= strict_until
@@ -543,26 +550,13 @@ def solve_scaling(
             f_prev = fa + reg * torch.log(u) if k > 1 else torch.full_like(fa, -math.inf)
             g_prev = ga + reg * torch.log(v)
 
-        # f-update: u = (a / Kv)^fi_a · exp(−(1 − fi_a)·fa/reg); Kv = 0 gives inf/NaN -> caught
-        if masked:
-            Kv.clamp_min_(lim.tiny)  # absent rows have Kv = 0
-        if balanced:
-            torch.div(a, Kv, out=u)
-        else:
-            torch.pow(Kv, -fi_a, out=u).mul_(ea)
+        update_u()  # f-update
         if strict:
             bad = _out_of_range(u, skip_a, 1.0, lim.u_lo, lim.u_hi, active_mask)
             if bad:
                 fix_f(bad)
 
-        # g-update: v = (b / K^T u)^fi_b · exp(−(1 − fi_b)·ga/reg)
-        ker.cols(active)
-        if masked:
-            Ktu.clamp_min_(lim.tiny)
-        if balanced:
-            torch.div(b, Ktu, out=v)
-        else:
-            torch.pow(Ktu, -fi_b, out=v).mul_(eb)
+        update_v()  # g-update
         if strict:
             bad = _out_of_range(v, skip_b, 1.0, lim.u_lo, lim.u_hi, active_mask)
             if bad:

@@ -845,6 +845,7 @@ def solve_potentials(
     tol: float,
     check_every: int,
     _variant: str = "auto",
+    _num_warps: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run log-domain Sinkhorn iterations on the GPU (or Triton's interpreter).
 
@@ -863,8 +864,9 @@ def solve_potentials(
         tol: a problem stops at the first convergence test with ``error < tol``.
         check_every: convergence is tested at iterations ``k % check_every == 0`` and at
             ``max_iter``.
-        _variant: ``"auto"``, ``"onchip"``, ``"stream"`` or ``"split"`` (private; benchmarks
-            and tests).
+        _variant: ``"auto"``, ``"resident"``, ``"onchip"``, ``"stream"`` or ``"split"``
+            (private; benchmarks and tests).
+        _num_warps: the resident variant's warps instead of its rule (private; tuning).
 
     Returns:
         f: (B, N) dtype of cost, row potentials (``-inf`` on masked rows).
@@ -910,7 +912,7 @@ def solve_potentials(
     log_b = log_b.contiguous()
     params = _params(float(reg), float(fi_a), float(fi_b), float(tol), dt, dev)
     balanced = float(fi_a) == 1.0 and float(fi_b) == 1.0
-    if _variant == "auto" and _prefer_split(bsz, n, m, dev):
+    if _variant == "auto" and _prefer_split(n, m, dev):
         _variant = "split"
     if _variant == "split":
         _solve_split(
@@ -936,7 +938,7 @@ def solve_potentials(
             n, m, int(max_iter), int(check_every),
             cost.stride(0), cost.stride(1),
             BALANCED=balanced, BLOCK_N=bn, BLOCK_M1=bm1, BLOCK_M2=bm2,
-            num_warps=warps,
+            num_warps=_num_warps or warps,
         )  # fmt: skip
         return f, g, n_iter, error
     cfg = _config(n, m, dt, _variant)
@@ -981,12 +983,11 @@ def _resident_config(n: int, m: int, dtype: torch.dtype) -> tuple[int, int, int,
 
 
 def _resident_fits(n: int, m: int, dtype: torch.dtype) -> bool:
-    bn = triton.next_power_of_2(max(n, 1))
-    bm1, bm2 = _resident_columns(m)
+    bn, bm1, bm2, _ = _resident_config(n, m, dtype)
     return bn * (bm1 + bm2) <= _RESIDENT_MAX_ELEMENTS[dtype]
 
 
-def _prefer_split(bsz: int, n: int, m: int, device: torch.device) -> bool:
+def _prefer_split(n: int, m: int, device: torch.device) -> bool:
     """Whether "auto" takes the split variant: problems of at least 2^16 entries on a GPU.
 
     Such tiles do not fit the resident variant, and the streamed one (one program per
