@@ -698,3 +698,22 @@ def test_cpu_workspace_is_reused_per_thread_and_bounded():
     assert x.data_ptr() != a.data_ptr()
     y = _torch._workspace("test", (2, 3, 4), torch.float32, torch.device("cpu"))
     assert y.data_ptr() == a.data_ptr()  # the big one was not kept
+
+
+def test_matvec_benchmark_forms_agree_and_print(capsys):
+    """Every mat-vec form the `matvec` benchmark times computes the same two products."""
+    from ram_ot.bench import matvec
+
+    K, u, v = matvec._inputs(3, 7, 5)
+    ref_ktu = (u.double() @ K.double())[:, 0]  # (B, M)
+    ref_kv = (v.double() @ K.double().mT)[:, 0]  # (B, N)
+    forms = matvec._forms(K, u, v)
+    for name, fn in forms.items():
+        if name == "two reads":
+            continue
+        ktu, kv = (torch.as_tensor(x).reshape(3, -1).double() for x in fn())
+        torch.testing.assert_close(ktu, ref_ktu, rtol=1e-5, atol=0, msg=name)
+        torch.testing.assert_close(kv, ref_kv, rtol=1e-5, atol=0, msg=name)
+    assert matvec.main(["--repeat", "1", "--calls", "1", "--shapes", "2,6,5"]) == 0
+    out = capsys.readouterr().out
+    assert "(2, 6, 5)" in out and "| embedding_bag |" in out and "| two reads | " in out
