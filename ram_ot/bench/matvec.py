@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ram_ot.bench.sinkhorn import LABELS, SHAPES, kcot_problem
+from ram_ot.bench.sinkhorn import LABELS, kcot_problem, parse_shapes
 
 
 def _best_per_call(fn: Callable[[], object], repeat: int, calls: int) -> float:
@@ -106,16 +106,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.calls < 1:
         parser.error(f"expected --repeat and --calls >= 1, got {args.repeat} and {args.calls}")
-    shapes = SHAPES
-    if args.shapes:
-        try:
-            shapes = tuple(tuple(int(x) for x in s.split(",")) for s in args.shapes)
-        except ValueError:
-            parser.error(f"expected --shapes as B,N,M triples of integers, got {args.shapes}")
-        if any(len(s) != 3 or min(s) < 1 for s in shapes):
-            parser.error(
-                f"expected --shapes as B,N,M triples of positive integers, got {args.shapes}"
-            )
+    shapes = parse_shapes(parser, args.shapes)
 
     print(
         f"torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads, "

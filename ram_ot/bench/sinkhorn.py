@@ -40,6 +40,19 @@ def kcot_problem(B: int, N: int, M: int, *, dtype: torch.dtype = torch.float32, 
     return cost.to(dtype).contiguous(), a.to(dtype), b.to(dtype)
 
 
+def parse_shapes(parser: argparse.ArgumentParser, values: list[str] | None) -> tuple:
+    """``--shapes B,N,M ...`` as a tuple of int triples (None or empty: the three KCOT shapes)."""
+    if not values:
+        return SHAPES
+    try:
+        shapes = tuple(tuple(int(x) for x in s.split(",")) for s in values)
+    except ValueError:
+        parser.error(f"expected --shapes as B,N,M triples of integers, got {values}")
+    if any(len(s) != 3 or min(s) < 1 for s in shapes):
+        parser.error(f"expected --shapes as B,N,M triples of positive integers, got {values}")
+    return shapes
+
+
 def _best(fn: Callable[[], object], repeat: int) -> float:
     fn()  # warm-up
     best = float("inf")
@@ -87,11 +100,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this json file")
     args = parser.parse_args(argv)
-    shapes = (
-        SHAPES
-        if not args.shapes
-        else tuple(tuple(int(s) for s in t.split(",")) for t in args.shapes)
-    )
+    shapes = parse_shapes(parser, args.shapes)
 
     try:
         from ot.batch import bregman_projection_batch
