@@ -1,0 +1,1 @@
+"""The ``ram-ot`` command line: ``train``, ``tag``, ``eval`` and ``info`` subcommands."""
