@@ -4,6 +4,20 @@ Only this sub-package, :mod:`ram_ot.adapters`, :mod:`ram_ot.prompts` and :mod:`r
 know about open_clip; the matching parts (``ot/``, ``kcot.py``, ``heads.py``) never import it.
 """
 
-from ram_ot.backbones.open_clip import TINY_MODEL_NAME, freeze, load_clip, wrap_clip
+from ram_ot.backbones.open_clip import (
+    PROXY_MODEL_NAME,
+    PROXY_PRETRAINED,
+    TINY_MODEL_NAME,
+    freeze,
+    load_clip,
+    wrap_clip,
+)
 
-__all__ = ["TINY_MODEL_NAME", "freeze", "load_clip", "wrap_clip"]
+__all__ = [
+    "PROXY_MODEL_NAME",
+    "PROXY_PRETRAINED",
+    "TINY_MODEL_NAME",
+    "freeze",
+    "load_clip",
+    "wrap_clip",
+]

@@ -24,10 +24,20 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["TINY_MODEL_NAME", "freeze", "load_clip", "wrap_clip"]
+__all__ = [
+    "PROXY_MODEL_NAME",
+    "PROXY_PRETRAINED",
+    "TINY_MODEL_NAME",
+    "freeze",
+    "load_clip",
+    "wrap_clip",
+]
 
 TINY_MODEL_NAME = "RAM-Tiny-ViT"
 """Name of the tiny ViT config shipped with the package (random weights only)."""
+PROXY_MODEL_NAME = "RAM-Proxy-ViT"
+"""Name of the proxy CLIP config; its weights ship under the pretrained tag ``"emoji"``."""
+PROXY_PRETRAINED = "emoji"
 
 _CONFIG_DIR = Path(__file__).resolve().parent
 _REGISTERED = False
@@ -41,8 +51,9 @@ def _register_configs() -> None:
         return
     import open_clip
 
-    if TINY_MODEL_NAME not in open_clip.list_models():
-        open_clip.add_model_config(_CONFIG_DIR / f"{TINY_MODEL_NAME}.json")
+    for name in (TINY_MODEL_NAME, PROXY_MODEL_NAME):
+        if name not in open_clip.list_models():
+            open_clip.add_model_config(_CONFIG_DIR / f"{name}.json")
     _REGISTERED = True
 
 
@@ -69,6 +80,21 @@ def _preprocess_for(clip_model: nn.Module) -> Callable[[Any], torch.Tensor]:
         size = getattr(clip_model.visual, "image_size", 224)
         cfg = {"size": size}
     return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+
+
+def _is_proxy_weights(pretrained: str) -> bool:
+    """True for the proxy's pretrained tag or a packed proxy file (see ``proxy.py``)."""
+    if pretrained == PROXY_PRETRAINED:
+        return True
+    return os.path.isfile(pretrained) and _packed_format(pretrained)
+
+
+def _packed_format(path: str) -> bool:
+    try:
+        pack = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a plain torch file: leave it to open_clip
+        return False
+    return isinstance(pack, dict) and pack.get("format") == "ram-ot proxy clip v1"
 
 
 def _looks_like_path(pretrained: str) -> bool:
@@ -113,10 +139,12 @@ def load_clip(
 
     Args:
         model_name: an open_clip architecture name (``"ViT-B-16"``, ``"ViT-L-14"``, ...,
-            ``"hf-hub:org/repo"``) or :data:`TINY_MODEL_NAME`.
+            ``"hf-hub:org/repo"``), :data:`TINY_MODEL_NAME` or :data:`PROXY_MODEL_NAME`.
         pretrained: where the weights come from: an open_clip pretrained tag (``"openai"``,
             ``"laion2b_s34b_b88k"``; downloaded once into `cache_dir`), a local checkpoint
             file (never downloads), or None for random initialisation (never downloads).
+            :data:`PROXY_MODEL_NAME` with :data:`PROXY_PRETRAINED` (``"emoji"``) loads the
+            proxy CLIP's weights shipped with the package (offline).
         device: where to put the model (default: CPU).
         precision: open_clip precision string (``"fp32"``, ``"fp16"``, ``"bf16"``, ``"amp"``).
         cache_dir: download cache for pretrained tags.
@@ -159,6 +187,19 @@ def load_clip(
                 f"load_clip: `pretrained` checkpoint file {pretrained!r} does not exist."
             )
     device = torch.device("cpu") if device is None else torch.device(device)
+    if model_name == PROXY_MODEL_NAME and pretrained is not None and _is_proxy_weights(pretrained):
+        # the shipped proxy CLIP (or a packed file of the same kind): weights from the package
+        from ram_ot.backbones.proxy import load_proxy_weights
+
+        with _quiet_random_init(True):
+            model = open_clip.create_model(
+                model_name, pretrained=None, precision=precision, pretrained_image=False,
+                pretrained_text=False,
+            )  # fmt: skip
+        load_proxy_weights(model, None if pretrained == PROXY_PRETRAINED else pretrained)
+        model.to(device)
+        tokenizer = open_clip.get_tokenizer(model_name)
+        return freeze(model), tokenizer, _preprocess_for(model)
     # With no CLIP checkpoint, also skip the default per-tower weights (hf text towers would
     # otherwise be downloaded): pretrained=None means no download on any code path.
     with _quiet_random_init(pretrained is None):
