@@ -1,0 +1,70 @@
+"""Reusable training pieces for RAM and similar models (paper §4.1 "Implementation details").
+
+What the example scripts share, so that they stay thin, one module per idea:
+
+* :func:`seed_everything`, :func:`capture_rng_state` / :func:`restore_rng_state`
+  (``seeding``);
+* :class:`ModelEMA` — exponential moving average of the trained weights, created once for
+  the whole run (the reference re-creates it at every epoch, which restarts the average
+  from the current weights; we keep one) (``ema``);
+* :func:`build_optimizers` — the reference's split (``solver/make_optimizer.py``): AdamW
+  over the adapters (``lr × 0.1``) and the head temperatures (``lr``), and a second
+  optimiser, SGD with momentum 0.9 at 1e-3, for the learnable token embeddings (``optim``);
+* :func:`build_schedulers` — linear warm-up then cosine decay (the reference's timm-style
+  ``CosineLRScheduler`` with ``warmup_lr_init = 0.01·lr``, ``lr_min = 0.002·lr``), stepped
+  per iteration instead of per epoch (``optim``);
+* :func:`save_checkpoint` (atomic: temporary file + ``os.replace``) and
+  :func:`load_checkpoint` — model, optimisers, schedulers, GradScaler, EMA, epoch, step and
+  the RNG states (Python, NumPy, torch CPU and CUDA) of every rank (``checkpoint``);
+* :func:`train_step`, :func:`train_one_epoch` (``loop``), :func:`evaluate_zsl` (``evaluate``) —
+  the loop bodies; :func:`autocast` and :func:`make_grad_scaler` (``amp``);
+* a small ``torch.distributed`` helper: :func:`init_distributed` (from ``torchrun``'s
+  environment; NCCL on GPUs, Gloo on CPU), :class:`ShardSampler`, :func:`all_gather_objects`
+  (``distributed``).
+
+Every name is re-exported here: import from ``ram_ot.training``.
+"""
+
+from ram_ot.training.amp import autocast, make_grad_scaler
+from ram_ot.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ram_ot.training.distributed import (
+    DistInfo,
+    ShardSampler,
+    all_gather_objects,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+    unwrap,
+)
+from ram_ot.training.ema import ModelEMA
+from ram_ot.training.evaluate import evaluate_split, evaluate_zsl
+from ram_ot.training.loop import EpochStats, train_one_epoch, train_step
+from ram_ot.training.optim import CosineWarmup, build_optimizers, build_schedulers
+from ram_ot.training.seeding import capture_rng_state, restore_rng_state, seed_everything
+
+__all__ = [
+    "Checkpoint",
+    "CosineWarmup",
+    "DistInfo",
+    "EpochStats",
+    "ModelEMA",
+    "ShardSampler",
+    "all_gather_objects",
+    "autocast",
+    "barrier",
+    "build_optimizers",
+    "build_schedulers",
+    "capture_rng_state",
+    "cleanup_distributed",
+    "evaluate_split",
+    "evaluate_zsl",
+    "init_distributed",
+    "load_checkpoint",
+    "make_grad_scaler",
+    "restore_rng_state",
+    "save_checkpoint",
+    "seed_everything",
+    "train_one_epoch",
+    "train_step",
+    "unwrap",
+]
