@@ -14,6 +14,8 @@ import torch
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_coco.py"
 TINY = [
     "--demo",
+    "--demo-world",
+    "shapes",
     "--demo-images",
     "24",
     "16",

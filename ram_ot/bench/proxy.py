@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 ROWS = (
     "zero-shot CLIP (global)",
@@ -67,88 +67,12 @@ class Settings(NamedTuple):
 QUICK = Settings(n_train=500, n_test=300, epochs=2)
 
 
-class _Pooling(nn.Module):
-    """Local logit by pooling region-label similarities over regions (rows 4, 5): no OT."""
-
-    def __init__(self, mode: str) -> None:
-        super().__init__()
-        self.mode = mode
-
-    def forward(self, sim: Tensor, prior: Tensor | None = None, targets: Tensor | None = None):
-        from ram_ot.kcot import KCOTOutput
-
-        B, N, C = sim.shape
-        if self.mode == "mean":
-            weights = torch.full_like(sim, 1.0 / N)
-        else:  # one-hot of the best region per label
-            weights = torch.zeros_like(sim).scatter_(1, sim.argmax(1, keepdim=True), 1.0)
-        return KCOTOutput((weights * sim).sum(1), weights, 1 - sim)  # (B, N, C) -> (B, C)
-
-
-class _GlobalOnly(nn.Module):
-    """Row 3: a RAM whose loss and scores use the global branch only."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    @property
-    def ladder(self):  # what the evaluation helpers look up
-        return self.model.ladder
-
-    def param_groups(self, *args: Any, **kwargs: Any):
-        return self.model.param_groups(*args, **kwargs)
-
-    def forward(self, images: Tensor, labels: Any, targets: Tensor | None = None):
-        from ram_ot.losses import mmc_loss
-
-        out = self.model(images, labels, targets)
-        loss = None if targets is None else mmc_loss(out.logits_global, targets)
-        return out._replace(scores=out.logits_global.softmax(-1), loss=loss)
-
-
 def _build(row: int, clip: tuple, seed: int) -> tuple[nn.Module, bool]:
     """(model, trained?) of a row, over the shared frozen proxy CLIP."""
-    from ram_ot.kcot import KnowledgeConstrainedOT
-    from ram_ot.model import RAM
+    from ram_ot.baselines import BASELINES, build_baseline
 
-    clip_model, tokenizer = clip
     torch.manual_seed(seed)
-    free = dict(adapter_layers=(), n_visual_tokens=0)
-    if row == 0:
-        return _GlobalOnly(RAM(clip_model, tokenizer, n_ctx=0, **free)), False
-    if row == 1:
-        return RAM(clip_model, tokenizer, n_ctx=0, **free), False
-    if row == 2:
-        return _GlobalOnly(RAM(clip_model, tokenizer, **free)), True
-    scale = float(clip_model.logit_scale.exp())
-    if row in (3, 4):
-        mode = "mean" if row == 3 else "max"
-        return RAM(clip_model, tokenizer, kcot=_Pooling(mode), use_teacher=False), True
-    if row == 5:
-        return RAM(
-            clip_model, tokenizer, kcot=KnowledgeConstrainedOT(logit_scale=scale), use_teacher=False
-        ), True
-    return RAM(clip_model, tokenizer), True
-
-
-def _chance(data, n_draws: int = 20) -> dict[str, dict[str, tuple[float, float]]]:
-    """mean ± std of each metric for uniformly random scores, on the ZSL and GZSL test sets."""
-    from ram_ot.metrics import MultiLabelMetrics
-
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    g = torch.Generator().manual_seed(0)
-    for part, ds in (("zsl", data.test_zsl), ("gzsl", data.test_gzsl)):
-        targets = ds.targets.float()
-        vals: dict[str, list[float]] = {m: [] for m in _METRICS}
-        for _ in range(n_draws):
-            m = MultiLabelMetrics(targets.shape[1], ks=(3, 5))
-            m.update(torch.rand(targets.shape, generator=g), targets)
-            d = m.compute().as_dict()
-            for k in _METRICS:
-                vals[k].append(d[k])
-        out[part] = {k: (statistics.mean(v), statistics.stdev(v)) for k, v in vals.items()}
-    return out
+    return build_baseline(BASELINES[row], *clip), row >= 2
 
 
 def run_row(
@@ -287,7 +211,12 @@ def main(argv: list[str]) -> int:
         f"{s.epochs} epochs, batch {s.batch_size}, lr {s.lr}, seeds {a.seeds}",
         flush=True,
     )
-    chance = _chance(data)
+    from ram_ot.baselines import chance_level
+
+    chance = {
+        "zsl": chance_level(data.test_zsl.targets),
+        "gzsl": chance_level(data.test_gzsl.targets),
+    }
     results: dict[int, list[dict]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -179,9 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--demo",
         action="store_true",
-        help="synthetic COCO-format data + tiny random model, offline",
+        help="offline run on generated data: Emoji-COCO + the shipped proxy CLIP (default), "
+        "or --demo-world shapes (coloured shapes + a tiny random CLIP, for smoke tests)",
     )
-    p.add_argument("--demo-images", type=int, nargs=2, default=(192, 96), metavar=("TRAIN", "VAL"))
+    p.add_argument(
+        "--demo-world", choices=("emoji", "shapes"), default="emoji", help="(%(default)s)"
+    )
+    p.add_argument(
+        "--demo-images", type=int, nargs=2, metavar=("TRAIN", "VAL"),
+        help="demo data size (default: emoji 600 300, shapes 192 96)",
+    )  # fmt: skip
     return p
 
 
@@ -411,18 +418,70 @@ def _summary(part: str, m: dict) -> str:
 
 
 def _demo_data(args: argparse.Namespace, dist: DistInfo, log: logging.Logger) -> None:
-    """``--demo``: write synthetic COCO-format data and point `args` at it and a tiny random CLIP."""
-    from ram_ot.backbones.open_clip import TINY_MODEL_NAME
+    """``--demo``: write generated COCO-format data and point `args` at it and its CLIP.
 
+    ``emoji`` (default): Emoji-COCO (the 65 COCO zero-shot names as emoji sprites, 48 seen /
+    17 unseen) and the shipped proxy CLIP. ``shapes``: coloured shapes and a tiny random CLIP.
+    """
+    from ram_ot.backbones.open_clip import (
+        PROXY_MODEL_NAME,
+        PROXY_PRETRAINED,
+        TINY_MODEL_NAME,
+    )
+    from ram_ot.data.emoji_world import make_emoji_coco
+
+    emoji = args.demo_world == "emoji"
+    n_train, n_val = args.demo_images or ((600, 300) if emoji else (192, 96))
     args.coco_root = os.path.join(args.output_dir, "demo_data")
     if dist.is_main:
-        info = make_demo_coco(
-            args.coco_root, n_train=args.demo_images[0], n_val=args.demo_images[1], seed=args.seed
+        if emoji:
+            info = make_emoji_coco(args.coco_root, n_train=n_train, n_val=n_val, seed=args.seed)
+        else:
+            info = make_demo_coco(args.coco_root, n_train=n_train, n_val=n_val, seed=args.seed)
+        log.info(
+            f"demo data ({args.demo_world}): {info.n_train} train / {info.n_val} test images in "
+            f"{info.root}"
         )
-        log.info(f"demo data: {info.n_train} train / {info.n_val} val images in {info.root}")
     barrier()
-    args.split = os.path.join(args.coco_root, "annotations", "demo_split.json")
-    args.model, args.pretrained = TINY_MODEL_NAME, "none"
+    if emoji:
+        args.split = None  # COCO's own 48 / 17 split
+        args.model, args.pretrained = PROXY_MODEL_NAME, PROXY_PRETRAINED
+    else:
+        args.split = os.path.join(args.coco_root, "annotations", "demo_split.json")
+        args.model, args.pretrained = TINY_MODEL_NAME, "none"
+
+
+def _demo_reference(
+    model: nn.Module, loaders: Loaders, split: ClassSplit, data: Any, *, device: torch.device
+) -> dict[str, Any]:
+    """What training is measured against: zero-shot CLIP (global) and random scores."""
+    from ram_ot.baselines import build_baseline, chance_level
+
+    base = build_baseline("zero-shot-clip", model.clip_model, model.prompts.tokenizer).to(device)
+    base.eval()
+    r = evaluate_zsl(
+        base, loaders.zsl, loaders.gzsl, unseen=list(split.unseen), gzsl_labels=list(split.gzsl),
+        device=device,
+    )  # fmt: skip
+    return {
+        "zero_shot_clip": {"zsl": r.zsl.as_dict(), "gzsl": r.gzsl.as_dict()},
+        "chance": {
+            "zsl": chance_level(data.test_zsl.targets),
+            "gzsl": chance_level(data.test_gzsl.targets),
+        },
+    }
+
+
+def _demo_summary(record: dict[str, Any], ref: dict[str, Any]) -> list[str]:
+    lines = []
+    for part in ("zsl", "gzsl"):
+        ch = ref["chance"][part]["mAP"]
+        lines.append(
+            f"{part.upper()} mAP: RAM {100 * record[part]['mAP']:.2f} | zero-shot CLIP "
+            f"{100 * ref['zero_shot_clip'][part]['mAP']:.2f} | chance "
+            f"{100 * ch[0]:.2f} ± {100 * ch[1]:.2f}"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -474,6 +533,18 @@ def main(argv: list[str] | None = None) -> int:
         data, dist, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         workers=args.workers, seed=args.seed,
     )  # fmt: skip
+
+    reference = None
+    if args.demo and args.demo_world == "emoji":
+        reference = _demo_reference(model, loaders, split, data, device=dist.device)
+        if dist.is_main:
+            write_json_atomic(os.path.join(args.output_dir, "reference.json"), reference)
+        z = reference["zero_shot_clip"]
+        log.info(
+            f"before training: zero-shot CLIP ZSL mAP {100 * z['zsl']['mAP']:.2f}, GZSL mAP "
+            f"{100 * z['gzsl']['mAP']:.2f} (chance ZSL {100 * reference['chance']['zsl']['mAP'][0]:.2f}, "
+            f"GZSL {100 * reference['chance']['gzsl']['mAP'][0]:.2f})"
+        )
 
     optimizers = build_optimizers(
         model, lr=args.lr, weight_decay=args.weight_decay, lr_embeds=args.lr_embeds
@@ -570,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info(
             f"best val mAP {100 * best['val_mAP']:.2f} at epoch {best['epoch']} ({best['weights']} weights) -> best.pt"
         )
+    if reference is not None and records:
+        for line in _demo_summary(records[-1], reference):
+            log.info(line)
     log.info(f"metrics: {metrics_file}; checkpoint: {last}")
     cleanup_distributed()
     return 0
