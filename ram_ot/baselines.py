@@ -141,13 +141,13 @@ def build_baseline(
 
     if name not in BASELINES:
         raise ValueError(f"build_baseline: expected `name` in {BASELINES}, got {name!r}.")
-    free = dict(adapter_layers=(), n_visual_tokens=0)
+    free = {**kwargs, "adapter_layers": (), "n_visual_tokens": 0}
     if name == "zero-shot-clip":
-        return GlobalOnly(RAM(clip_model, tokenizer, n_ctx=0, **free, **kwargs))
+        return GlobalOnly(RAM(clip_model, tokenizer, **{**free, "n_ctx": 0}))
     if name == "training-free-ram":
-        return RAM(clip_model, tokenizer, n_ctx=0, **free, **kwargs)
+        return RAM(clip_model, tokenizer, **{**free, "n_ctx": 0})
     if name == "prompt-tuning":
-        return GlobalOnly(RAM(clip_model, tokenizer, **free, **kwargs))
+        return GlobalOnly(RAM(clip_model, tokenizer, **free))
     if name in ("ladder-mean", "ladder-max"):
         pool = PooledMatching(name.split("-")[1])
         return RAM(clip_model, tokenizer, kcot=pool, use_teacher=False, **kwargs)

@@ -67,16 +67,23 @@ class Settings(NamedTuple):
 QUICK = Settings(n_train=500, n_test=300, epochs=2)
 
 
-def _build(row: int, clip: tuple, seed: int) -> tuple[nn.Module, bool]:
+def _build(row: int, clip: tuple, seed: int, ram_kwargs: dict) -> tuple[nn.Module, bool]:
     """(model, trained?) of a row, over the shared frozen proxy CLIP."""
     from ram_ot.baselines import BASELINES, build_baseline
 
     torch.manual_seed(seed)
-    return build_baseline(BASELINES[row], *clip), row >= 2
+    return build_baseline(BASELINES[row], *clip, **ram_kwargs), row >= 2
 
 
 def run_row(
-    row: int, seed: int, data, clip: tuple, s: Settings, *, log: Callable[[str], None]
+    row: int,
+    seed: int,
+    data,
+    clip: tuple,
+    s: Settings,
+    *,
+    log: Callable[[str], None],
+    ram_kwargs: dict | None = None,
 ) -> dict[str, Any]:
     """Train (if the row trains) and evaluate one row with one seed; returns its metrics."""
     from torch.utils.data import DataLoader
@@ -92,7 +99,7 @@ def run_row(
 
     t0 = time.perf_counter()
     split = data.split
-    model, trains = _build(row, clip, seed)
+    model, trains = _build(row, clip, seed, ram_kwargs or {})
     seen, unseen, gzsl = list(split.seen), list(split.unseen), list(split.gzsl)
     train_set, val_set = data.train.split(
         s.val_fraction, seed=0, transform=data.test_gzsl.transform
@@ -177,6 +184,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", help="also write the raw per-seed results to this file")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument(
+        "--temperature-local", type=float,
+        help="initial local temperature of every row (default: RAM's 2e-3)",
+    )  # fmt: skip
+    p.add_argument(
+        "--frozen-text", action="store_true", help="no deep text prompts in any row (n_ctx 0)"
+    )
     p.add_argument("--pretrained", default=None, help="proxy weights file (default: shipped)")
     a = p.parse_args(argv)
     if any(not 1 <= r <= len(ROWS) for r in a.rows):
@@ -188,6 +202,13 @@ def main(argv: list[str]) -> int:
         s = s._replace(epochs=a.epochs)
     if a.threads:
         torch.set_num_threads(a.threads)
+    ram_kwargs: dict[str, Any] = {}
+    if a.temperature_local is not None:
+        if not a.temperature_local > 0:
+            p.error(f"--temperature-local must be > 0, got {a.temperature_local}")
+        ram_kwargs["temperature_local"] = a.temperature_local
+    if a.frozen_text:
+        ram_kwargs["n_ctx"] = 0
 
     from ram_ot.backbones.open_clip import PROXY_MODEL_NAME, PROXY_PRETRAINED, load_clip
     from ram_ot.data import build_transform, clip_normalization, coco_zsl_datasets
@@ -208,7 +229,8 @@ def main(argv: list[str]) -> int:
     print(
         f"Emoji-COCO: {len(data.train)} train (seen labels only), ZSL test {len(data.test_zsl)}, "
         f"GZSL test {len(data.test_gzsl)} images ({time.perf_counter() - t0:.1f} s); "
-        f"{s.epochs} epochs, batch {s.batch_size}, lr {s.lr}, seeds {a.seeds}",
+        f"{s.epochs} epochs, batch {s.batch_size}, lr {s.lr}, seeds {a.seeds}, "
+        f"RAM options {ram_kwargs or 'defaults'}",
         flush=True,
     )
     from ram_ot.baselines import chance_level
@@ -223,8 +245,9 @@ def main(argv: list[str]) -> int:
         for row in [r - 1 for r in a.rows]:
             for seed in a.seeds if row >= 2 else a.seeds[:1]:
                 r = run_row(
-                    row, seed, data, (clip_model, tokenizer), s, log=lambda m: print(m, flush=True)
-                )
+                    row, seed, data, (clip_model, tokenizer), s,
+                    log=lambda m: print(m, flush=True), ram_kwargs=ram_kwargs,
+                )  # fmt: skip
                 results.setdefault(row, []).append(r)
                 print(
                     f"{ROWS[row]} seed {seed}: ZSL mAP {100 * r['zsl']['mAP']:.2f}, GZSL mAP "
@@ -236,7 +259,7 @@ def main(argv: list[str]) -> int:
     print("\nRows 1-2 do not train (one run; their results do not depend on the seed).")
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
-            json.dump({"settings": s._asdict(), "chance": chance,
+            json.dump({"settings": s._asdict(), "ram_options": ram_kwargs, "chance": chance,
                        "results": {ROWS[k]: v for k, v in results.items()}}, f, indent=1)  # fmt: skip
     tmp.close()
     return 0
