@@ -128,7 +128,7 @@ class GlobalOnly(nn.Module):
 def build_baseline(
     name: str, clip_model: nn.Module, tokenizer: Callable[..., Tensor], **kwargs: Any
 ) -> nn.Module:
-    """One of :data:`BASELINES` over a frozen CLIP (extra `kwargs` go to :class:`RAM`).
+    """One of :data:`BASELINES` over a frozen CLIP (extra `kwargs` go to :class:`~ram_ot.model.RAM`).
 
     - ``zero-shot-clip``: global CLIP embedding vs ``"a photo of a {}."``, no training;
     - ``training-free-ram``: value-value regions + KCOT with no adapter, token or prompt;

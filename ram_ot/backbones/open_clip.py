@@ -38,6 +38,7 @@ TINY_MODEL_NAME = "RAM-Tiny-ViT"
 PROXY_MODEL_NAME = "RAM-Proxy-ViT"
 """Name of the proxy CLIP config; its weights ship under the pretrained tag ``"emoji"``."""
 PROXY_PRETRAINED = "emoji"
+"""Pretrained tag of the proxy CLIP weights shipped with the package (``ram_ot/backbones/proxy/``)."""
 
 _CONFIG_DIR = Path(__file__).resolve().parent
 _REGISTERED = False

@@ -1,13 +1,13 @@
 """The proxy CLIP: a small open_clip model pretrained on the Emoji world, shipped with ram-ot.
 
 No real CLIP weights reach the machines that build and test this project, so ram-ot makes
-its own: :data:`PROXY_MODEL_NAME` (``"RAM-Proxy-ViT"``: 64 px images, 8 px patches (an 8x8
+its own: :data:`~ram_ot.backbones.open_clip.PROXY_MODEL_NAME` (``"RAM-Proxy-ViT"``: 64 px images, 8 px patches (an 8x8
 token grid), 4 layers of width 128 in each tower, 128-d joint space, context length 32),
 pretrained contrastively with open_clip's own ``ClipLoss`` on generated scenes captioned
 with their objects ("a photo of a cat, a bus and a cake."), drawing on every concept of the
 world, as real CLIP saw everything (:func:`pretrain_proxy_clip`,
 ``examples/pretrain_proxy_clip.py``). Its weights ship with the package under the
-pretrained tag :data:`PROXY_PRETRAINED`, so ``load_clip(PROXY_MODEL_NAME,
+pretrained tag :data:`~ram_ot.backbones.open_clip.PROXY_PRETRAINED`, so ``load_clip(PROXY_MODEL_NAME,
 pretrained=PROXY_PRETRAINED)`` works offline on any machine.
 
 The token embedding (49,408 x 128) would dominate the file. Only the rows that the world's
@@ -199,7 +199,7 @@ def zero_shot_top1(
     ranks `labels` (its text names, same order) by cosine with ``"a photo of a {label}."``.
 
     Returns:
-        Accuracy in [0, 1] (chance: 1 / len(labels)).
+        float: the accuracy, in [0, 1]; chance is ``1 / len(labels)``.
     """
     from ram_ot.data.emoji_world import load_atlas, render_scenes
 
