@@ -348,3 +348,17 @@ def test_transforms_normalise_with_clip_statistics():
     assert clip_normalization(SimpleNamespace(visual=SimpleNamespace())) == (CLIP_MEAN, CLIP_STD)
     with pytest.raises(ValueError, match="expected `mean` with 3 channels"):
         build_transform(8, train=False, mean=(0.5,))
+
+
+def test_eval_resize_is_bilinear_like_the_reference():
+    # issue 15: the reference's test transform is T.Resize(SIZE_TEST) (bilinear); ours was
+    # bicubic. Pixels straight from PIL's bilinear resize (written from the official config).
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    img = Image.fromarray(g.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    x = build_transform((16, 24), train=False, mean=(0.0,) * 3, std=(1.0,) * 3)(img)
+    want = np.asarray(img.resize((24, 16), Image.BILINEAR), dtype=np.float32) / 255
+    torch.testing.assert_close(x, torch.from_numpy(want).permute(2, 0, 1), atol=1e-6, rtol=0)
+    bicubic = np.asarray(img.resize((24, 16), Image.BICUBIC), dtype=np.float32) / 255
+    assert not np.allclose(want, bicubic, atol=1e-3)  # the two differ on this image
