@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ram_ot._checks import check_floating, check_positive, check_shape, check_tensor
+from ram_ot._checks import (
+    check_finite,
+    check_floating,
+    check_positive,
+    check_shape,
+    check_tensor,
+)
 from ram_ot.kcot import (
     KnowledgeConstrainedOT,
     _autocast_off,
@@ -82,6 +88,10 @@ class KCOTHead(nn.Module):
             -> scalar``, applied to both branches.
         device: device of the temperature parameters.
         dtype: dtype of the temperature parameters (default float32).
+        validate: also check that the embeddings passed to :meth:`forward` hold no NaN/inf
+            (one device sync per call), with an error naming the argument. Without it a
+            NaN in `image_global` gives NaN scores, and a NaN in `image_regions` or
+            `label_embeddings` raises an error that names those two.
     """
 
     def __init__(
@@ -93,9 +103,11 @@ class KCOTHead(nn.Module):
         loss: str | Callable[[Tensor, Tensor], Tensor] = "mmc",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        validate: bool = False,
     ) -> None:
         super().__init__()
         fn = "KCOTHead"
+        self.validate = bool(validate)
         if kcot is None:
             kcot = KnowledgeConstrainedOT()
         elif not isinstance(kcot, nn.Module):
@@ -148,7 +160,13 @@ class KCOTHead(nn.Module):
             check_tensor(fn, name, x)
             check_floating(fn, name, x)
         check_shape(fn, "image_regions", image_regions, [("B", None), ("N", None), ("D", None)])
-        B, N, D = image_regions.shape
+        check_shape(fn, "image_global", image_global, [("B", None), ("D", None)])
+        check_shape(fn, "label_embeddings", label_embeddings, [("C", None), ("D", None)])
+        # the width D that two of the three inputs agree on, so the odd one out is blamed
+        d_g, d_r, d_t = image_global.shape[1], image_regions.shape[2], label_embeddings.shape[1]
+        D = d_g if d_g in (d_r, d_t) else d_r
+        B, N = image_regions.shape[:2]
+        check_shape(fn, "image_regions", image_regions, [("B", B), ("N", N), ("D", D)])
         check_shape(fn, "image_global", image_global, [("B", B), ("D", D)])
         check_shape(fn, "label_embeddings", label_embeddings, [("C", None), ("D", D)])
         _check_nonempty(fn, "image_regions", image_regions, "BND")
@@ -165,6 +183,16 @@ class KCOTHead(nn.Module):
             check_floating(fn, "teacher_regions", teacher_regions)
             check_shape(fn, "teacher_regions", teacher_regions, [("B", B), ("N", N), ("D", D)])
 
+        if self.validate:
+            for name, x in (
+                ("image_global", image_global),
+                ("image_regions", image_regions),
+                ("label_embeddings", label_embeddings),
+                ("teacher_regions", teacher_regions),
+                ("prior", prior),
+            ):
+                if x is not None:
+                    check_finite(fn, name, x)
         dtype = _compute_dtype(image_regions)
         with _autocast_off(image_regions.device):
             g = F.normalize(image_global.to(dtype), dim=-1)
@@ -180,7 +208,18 @@ class KCOTHead(nn.Module):
             ):
                 with torch.no_grad():
                     prior = teacher_prior(teacher_regions, label_embeddings)
-            out = self.kcot(sim, prior, targets)
+            try:
+                out = self.kcot(sim, prior, targets)
+            except ValueError as exc:
+                # the solver's mass check is the first to see a NaN/inf similarity (the
+                # region mass is softmax(max sim / τ)); say which inputs the user passed
+                if "expected `a` to be finite" not in str(exc):
+                    raise
+                raise ValueError(
+                    f"{fn}: the region-label similarities are not finite: `image_regions` or "
+                    "`label_embeddings` hold NaN/inf (construct the head with validate=True "
+                    "to find which)."
+                ) from exc
             logits_local = out.matched / self.temperature_local
             scores = (logits_global.softmax(dim=-1) + logits_local.softmax(dim=-1)) / 2
             loss = None

@@ -73,10 +73,15 @@ def mmc_loss(logits: Tensor, targets: Tensor) -> Tensor:
     batch without any positive gives a loss of exactly 0 that is still attached to the graph
     (its gradient is zero), never NaN.
 
+    Negative targets (the partial-label convention ``-1``: "unknown") are ignored: such a
+    pair is neither a positive nor part of the softmax (as the reference's ``logits_mask``
+    masks logits out), so the loss is the one of the batch without those pairs and stays
+    >= 0.
+
     Args:
         logits: (B, C) floating. Image–label logits.
         targets: (B, C) bool, integer or floating. 1 (or a soft weight) where label c is in
-            image i, 0 elsewhere.
+            image i, 0 elsewhere, negative (-1) where unknown (ignored).
 
     Returns:
         Tensor: () float32 (float64 for float64 logits). The loss.
@@ -86,10 +91,13 @@ def mmc_loss(logits: Tensor, targets: Tensor) -> Tensor:
     dtype = _compute_dtype(x)
     x = x.to(dtype).reshape(-1)  # (B, C) -> (B*C,)
     y = y.to(dtype).reshape(-1)  # (B, C) -> (B*C,)
-    log_p = x - torch.logsumexp(x, dim=0)
+    known = y >= 0  # -1: unknown (partial labels), left out of the softmax
+    keep = known | ~known.any()  # no known pair at all: keep every logit (no positive anyway)
+    log_p = x - torch.logsumexp(torch.where(keep, x, torch.full_like(x, -math.inf)), dim=0)
     # `where` rather than a product: 0 · (−inf) would be NaN for a masked-out logit.
-    weighted = torch.where(y != 0, y * log_p, torch.zeros_like(log_p))
-    n_pos = y.sum()
+    pos = y > 0
+    weighted = torch.where(pos, y * log_p, torch.zeros_like(log_p))
+    n_pos = torch.where(pos, y, torch.zeros_like(y)).sum()
     n_pos = torch.where(n_pos < 1e-6, torch.ones_like(n_pos), n_pos)
     return -(weighted.sum() / n_pos)
 

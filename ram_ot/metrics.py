@@ -340,14 +340,26 @@ class MultiLabelMetrics:
         """Add a batch.
 
         Args:
-            scores: (B, C) float. Scores of the batch (any device).
+            scores: (B, C) float. Scores of the batch (any device); must be finite.
             targets: (B, C) bool/int/float. Positive where > 0.
+
+        Raises:
+            ValueError: wrong shapes, or NaN/inf scores.
         """
         fn = "MultiLabelMetrics.update"
         scores, t = _check_pair(fn, scores, targets)
         if scores.shape[1] != self.num_classes:
             raise ValueError(
                 f"{fn}: expected `scores` of shape (B, C) = (*, {self.num_classes}), got {tuple(scores.shape)}."
+            )
+        bad = ~torch.isfinite(scores)
+        if bool(bad.any()):  # one sync; update syncs for the counts anyway
+            i, c = (int(x) for x in bad.nonzero()[0])
+            raise ValueError(
+                f"{fn}: expected finite `scores`, got {int(bad.sum())} NaN/inf entries (first "
+                f"at image {i}, label {c}: {float(scores[i, c])}); a NaN score cannot be ranked "
+                "and would make mAP meaningless. Check the model's outputs (loss or "
+                "temperature blow-up) before evaluating."
             )
         for k in self.ks:
             self._counts[k] += _counts(scores, t, k).cpu()

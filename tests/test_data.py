@@ -171,6 +171,57 @@ def test_split_json_errors_name_the_file(tmp_path):
     assert len(ds) == 1 and ds.skipped == {"unknown_label": 1, "missing_image": 1}
 
 
+def test_split_json_schema_is_validated(tmp_path):
+    # issue 14: "classes": "flower" made labels of its characters
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps({"classes": "flower", "images": [["a.jpg", ["f"]]]}))
+    with pytest.raises(ValueError, match=r'"classes" in .*s.json to be a list of label names'):
+        from_split_json(p, tmp_path, check_files=False)
+    for bad, match in (
+        ({"classes": ["a", "a"], "images": []}, "names 'a' more than once"),
+        ({"classes": ["a"], "images": {"x.jpg": ["a"]}}, r'"images" in .*s.json to be a list'),
+        ({"classes": ["a"], "images": [["x.jpg", "a"]]}, r"\[path, \[labels\]\].*'a'"),
+        ({"classes": ["a"], "images": [["x.jpg", [1]]]}, r"\[path, \[labels\]\]"),
+        ({"classes": [1, 2], "images": []}, "list of label names"),
+    ):
+        p.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=match):
+            from_split_json(p, tmp_path, check_files=False)
+
+
+def _coco_files(root, train_ann, val_ann):
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for part, ann in (("train", train_ann), ("val", val_ann)):
+        (root / "annotations" / f"instances_{part}2014.json").write_text(json.dumps(ann))
+
+
+def test_coco_bad_fields_and_empty_datasets_name_the_file(tmp_path):
+    from ram_ot.data import ClassSplit
+
+    cats = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "cow"}]
+    good = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+            "categories": cats, "annotations": [{"id": 1, "image_id": 1, "category_id": 2},
+                                                {"id": 2, "image_id": 2, "category_id": 1}]}  # fmt: skip
+    bad = dict(good, images=[{"id": 1, "filename": "a.jpg"}])
+    _coco_files(tmp_path, bad, good)
+    split = ClassSplit(seen=("dog",), unseen=("cat",))
+    # issue 14: `filename` instead of `file_name` gave a bare KeyError
+    with pytest.raises(
+        ValueError,
+        match=r"entry 0 of `images` in .*instances_train2014.json has no 'file_name'"
+        r" field \(it has 'filename'",
+    ):
+        coco_zsl_datasets(tmp_path, split=split, check_files=False)
+    _coco_files(tmp_path, good, good)
+    data = coco_zsl_datasets(tmp_path, split=split, check_files=False)
+    assert len(data.train) == 1 and len(data.test_zsl) == 1
+    # no image annotated with a seen label: the train set would be empty (it used to fail
+    # later with "MultiLabelDataset.split: expected at least 2 items")
+    with pytest.raises(ValueError, match=r"no image of .*instances_train2014.json is annotated "
+                       r"with one of the split's 1 seen labels \(cow"):  # fmt: skip
+        coco_zsl_datasets(tmp_path, split=ClassSplit(("cow",), ("cat",)), check_files=False)
+
+
 def test_unreadable_image(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg at all")
     _img(str(tmp_path / "good.jpg"))
@@ -297,3 +348,17 @@ def test_transforms_normalise_with_clip_statistics():
     assert clip_normalization(SimpleNamespace(visual=SimpleNamespace())) == (CLIP_MEAN, CLIP_STD)
     with pytest.raises(ValueError, match="expected `mean` with 3 channels"):
         build_transform(8, train=False, mean=(0.5,))
+
+
+def test_eval_resize_is_bilinear_like_the_reference():
+    # issue 15: the reference's test transform is T.Resize(SIZE_TEST) (bilinear); ours was
+    # bicubic. Pixels straight from PIL's bilinear resize (written from the official config).
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    img = Image.fromarray(g.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    x = build_transform((16, 24), train=False, mean=(0.0,) * 3, std=(1.0,) * 3)(img)
+    want = np.asarray(img.resize((24, 16), Image.BILINEAR), dtype=np.float32) / 255
+    torch.testing.assert_close(x, torch.from_numpy(want).permute(2, 0, 1), atol=1e-6, rtol=0)
+    bicubic = np.asarray(img.resize((24, 16), Image.BICUBIC), dtype=np.float32) / 255
+    assert not np.allclose(want, bicubic, atol=1e-3)  # the two differ on this image

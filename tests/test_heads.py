@@ -5,6 +5,8 @@ global logits, cost, teacher distribution, constraint, Sinkhorn, matched logits,
 scores, MMC on both branches) in float64 numpy/scipy with POT's log-domain Sinkhorn.
 """
 
+import math
+
 import numpy as np
 import ot
 import pytest
@@ -226,3 +228,33 @@ def test_bad_inputs_raise():
         KCOTHead(loss="focal")
     with pytest.raises(ValueError, match="KCOTHead: expected `temperature_local` > 0"):
         KCOTHead(temperature_local=0.0)
+
+
+def test_wrong_width_is_blamed_on_the_input_that_has_it():
+    # issue 14: regions of the wrong width D were reported as a bad `image_global`
+    g, r, t, _, _ = _features(torch.float32)
+    head = KCOTHead()
+    with pytest.raises(
+        ValueError, match=r"expected `image_regions` of shape \(B, N, D\) = \(3, 10, 16\), got "
+        r"\(3, 10, 12\)"
+    ):  # fmt: skip
+        head(g, r[..., :12], t)
+    with pytest.raises(ValueError, match=r"expected `image_global` of shape \(B, D\) = \(3, 16\)"):
+        head(g[:, :12], r, t)
+
+
+def test_non_finite_inputs_are_blamed_on_the_arguments_passed():
+    # issue 14: NaN regions blamed sinkhorn's `a`; NaN image_global gave silent NaN scores
+    g, r, t, _, _ = _features(torch.float32)
+    r_nan = r.clone()
+    r_nan[1, 2, 3] = math.nan
+    with pytest.raises(ValueError, match=r"KCOTHead: .*`image_regions` or `label_embeddings`"):
+        KCOTHead()(g, r_nan, t)
+    head = KCOTHead(validate=True)
+    with pytest.raises(ValueError, match=r"KCOTHead: .*`image_regions`"):
+        head(g, r_nan, t)
+    g_nan = g.clone()
+    g_nan[0, 0] = math.inf
+    with pytest.raises(ValueError, match=r"KCOTHead: .*`image_global`"):
+        head(g_nan, r, t)
+    assert torch.isfinite(head(g, r, t).scores).all()

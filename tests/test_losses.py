@@ -51,6 +51,30 @@ def test_mmc_soft_targets_and_int_targets():
     torch.testing.assert_close(mmc_loss(logits, targets.long()), mmc_loss(logits, targets))
 
 
+def test_mmc_partial_label_minus_one_is_ignored():
+    # issue 14: -1 targets ("unknown") made the loss unbounded below
+    logits, targets = _batch()
+    partial = targets.clone()
+    partial[1:3] = -1.0  # two images with unknown labels
+    partial[3, :3] = -1.0
+    logits = logits.clone()
+    logits[1:3] = 50.0  # large logits on unknown pairs must not matter
+    got = mmc_loss(logits, partial)
+    assert float(got) >= 0.0
+    # the same as the batch without the unknown pairs: direct formula on the known pairs only
+    known = partial >= 0
+    x = torch.where(known, logits, torch.tensor(-math.inf))
+    log_p = x[known] - torch.logsumexp(x[known], 0)
+    y = partial[known]
+    want = -(y * log_p).sum() / y.sum()
+    torch.testing.assert_close(got, want)
+    # everything unknown: no positive, loss 0 with a finite (zero) gradient
+    lg = torch.randn(2, 3, requires_grad=True)
+    loss = mmc_loss(lg, -torch.ones(2, 3))
+    loss.backward()
+    assert loss.item() == 0.0 and bool((lg.grad == 0).all())
+
+
 def test_mmc_no_positive_is_zero_with_grad():
     logits = torch.randn(3, 5, requires_grad=True)
     loss = mmc_loss(logits, torch.zeros(3, 5))

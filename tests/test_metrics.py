@@ -153,3 +153,18 @@ def test_errors_name_the_argument():
         match=r"MultiLabelMetrics.update: expected `scores` of shape \(B, C\) = \(\*, 5\)",
     ):
         m.update(torch.rand(2, 4), torch.ones(2, 4))
+
+
+def test_update_rejects_non_finite_scores():
+    # issue 14: NaN scores were accepted and reported mAP 0.5
+    m = MultiLabelMetrics(6)
+    scores = torch.rand(3, 6)
+    targets = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 1, 0, 0, 1, 0], [1, 1, 0, 0, 0, 1]])
+    for bad in (math.nan, math.inf):
+        s = scores.clone()
+        s[2, 1] = bad
+        with pytest.raises(ValueError, match=r"finite `scores`.*image 2, label 1"):
+            m.update(s, targets)
+    assert m.n_images == 0  # nothing was added
+    m.update(scores, targets)
+    assert m.n_images == 3

@@ -4,7 +4,10 @@ The official RAM code (github.com/EricTan7/RAM, ``model/ot_solver.py``) solves t
 problem in the *scaling domain*: it forms ``K = exp(-M/reg)`` once, then alternates
 ``r = a / (K c)`` and ``c = b / (Kᵀ r)``, where every iteration makes a fresh contiguous copy
 of ``Kᵀ`` and tests ``mean_i |r_i − r'_i| < thresh`` on the host (a device sync per
-iteration); the plan is ``r cᵀ ⊙ K``. Under the training autocast it runs in float16.
+iteration); the plan is ``r cᵀ ⊙ K``. Under the training autocast the cost and ``K`` are
+float32 (softmax and exp are on CUDA autocast's float32 list) but both products of every
+iteration run in float16 (matmul is on its float16 list); passing float16 tensors here
+rounds the same products (and, more strictly, ``K`` and ``r`` themselves).
 
 This module is written from that description, for two uses only: the speed baseline of
 ``python -m ram_ot.bench sinkhorn`` and the test that shows its NaN at small ``reg``. It is not

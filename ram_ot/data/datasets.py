@@ -251,6 +251,12 @@ class MultiLabelDataset(Dataset):
 # --------------------------------------------------------------------------- readers
 
 
+def _short(x: Any, n: int = 80) -> str:
+    """``repr(x)`` cut to `n` characters, for messages."""
+    r = repr(x)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
 def read_split_json(
     path: PathLike,
     *,
@@ -280,13 +286,34 @@ def read_split_json(
         raise ValueError(
             f'{fn}: expected {path} to hold {{"classes": [...], "images": [[path, [labels]], ...]}}.'
         )
-    classes = tuple(d["classes"])
+    cls = d["classes"]
+    if not (isinstance(cls, list) and all(isinstance(c, str) for c in cls)):
+        raise ValueError(
+            f'{fn}: expected "classes" in {path} to be a list of label names (strings), got '
+            f"{_short(cls)}."
+        )
+    if len(set(cls)) != len(cls):
+        dup = next(c for c in cls if cls.count(c) > 1)
+        raise ValueError(f'{fn}: "classes" in {path} names {dup!r} more than once.')
+    if not isinstance(d["images"], list):
+        raise ValueError(
+            f'{fn}: expected "images" in {path} to be a list of [path, [labels]], got '
+            f"{_short(d['images'])}."
+        )
+    classes = tuple(cls)
     known = set(classes)
     out = []
     for item in d["images"]:
-        if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], list)):
+        if not (
+            isinstance(item, (list, tuple))
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], list)
+            and all(isinstance(n, str) for n in item[1])
+        ):
             raise ValueError(
-                f"{fn}: expected each entry of `images` in {path} to be [path, [labels]], got {item!r}."
+                f"{fn}: expected each entry of `images` in {path} to be [path, [labels]] "
+                f"(strings), got {_short(item)}."
             )
         rel, names = item
         bad = [n for n in names if n not in known]
@@ -328,6 +355,9 @@ def read_coco_instances(
             raise ValueError(
                 f"{fn}: expected {path} to have a `{key}` list (a COCO instances file)."
             )
+    _check_coco_keys(fn, path, d, "categories", ("id", "name"))
+    _check_coco_keys(fn, path, d, "images", ("id", "file_name"))
+    _check_coco_keys(fn, path, d, "annotations", ("image_id", "category_id"))
     cats = {c["id"]: c["name"] for c in d["categories"]}
     labels: dict[Any, dict[str, None]] = {im["id"]: {} for im in d["images"]}
     for ann in d["annotations"]:
@@ -348,6 +378,27 @@ def read_coco_instances(
         labels[ann["image_id"]][name] = None
     samples = [(im["file_name"], tuple(labels[im["id"]])) for im in d["images"]]
     return samples, tuple(cats[k] for k in cats)
+
+
+def _check_coco_keys(fn: str, path: str, d: dict, key: str, fields: tuple[str, ...]) -> None:
+    """Raise unless `d[key]` is a list of dicts that all have `fields`, naming the file."""
+    items = d[key]
+    if not isinstance(items, list):
+        raise ValueError(f"{fn}: expected `{key}` in {path} to be a list, got {_short(items)}.")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(
+                f"{fn}: expected each entry of `{key}` in {path} to be an object, got "
+                f"{_short(item)} at index {i}."
+            )
+        missing = [f for f in fields if f not in item]
+        if missing:
+            near = [k for k in item if k.replace("_", "") == missing[0].replace("_", "")]
+            hint = f" (it has {near[0]!r}: rename it to {missing[0]!r})" if near else ""
+            raise ValueError(
+                f"{fn}: entry {i} of `{key}` in {path} has no {missing[0]!r} field{hint}; "
+                f"COCO instances files give every entry of `{key}` the fields {list(fields)}."
+            )
 
 
 def _resolve(root: str | None, p: str, rewrite_prefix: tuple[str, str] | None) -> str:
@@ -630,6 +681,17 @@ def coco_zsl_datasets(
     gzsl = MultiLabelDataset(
         va, split.gzsl, transform=test_transform, source=ann_va, skipped=sk_va, **common
     )
+    for ds, ann, which, names in (
+        (train, ann_tr, "seen", split.seen),
+        (zsl, ann_va, "unseen", split.unseen),
+    ):
+        if len(ds) == 0:
+            raise ValueError(
+                f"{fn}: no image of {ann} is annotated with one of the split's {len(names)} "
+                f"{which} labels ({', '.join(list(names)[:5])}, ...): the dataset would be "
+                "empty. Check that the file holds the annotations and that `split` names its "
+                "categories."
+            )
     return ZSLDatasets(train, zsl, gzsl, split)
 
 

@@ -3,7 +3,7 @@
 Training follows the reference's torchvision part: resize to the model's input size
 (bicubic), random horizontal flip (p = 0.5), pad 10 px, random crop back to the input size,
 normalise, random erasing (p = 0.5, random-pixel fill). Evaluation resizes to the input size
-(both sides, no crop, as the reference) and normalises. The reference's extra ``imgaug``
+(both sides, no crop, bilinear: the reference's plain ``T.Resize``) and normalises. The reference's extra ``imgaug``
 photometric augmentations (blur, contrast, noise, small affine) are not reproduced: they
 would add a dependency.
 
@@ -94,10 +94,11 @@ def build_transform(
     for s in std:
         check_positive("build_transform", "std", s)
     normalize = T.Normalize(mean=list(mean), std=list(std))
-    resize = T.Resize(size, interpolation=T.InterpolationMode.BICUBIC)
     if not train:
+        # the reference's test transform is a plain T.Resize: bilinear
+        resize = T.Resize(size, interpolation=T.InterpolationMode.BILINEAR)
         return T.Compose([resize, T.ToTensor(), normalize])
-    ops: list[Any] = [resize]
+    ops: list[Any] = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC)]
     if flip_prob > 0:
         ops.append(T.RandomHorizontalFlip(p=flip_prob))
     if padding > 0:

@@ -55,8 +55,8 @@ class SinkhornResult(NamedTuple):
         g: (B, M) float32/float64. Column potentials; ``-inf`` on masked columns.
         n_iter: (B,) int64. Iterations run per problem.
         error: (B,) float32/float64. Error at the last convergence test: L1 row-marginal
-            violation (balanced) or the change of the potentials over one iteration in cost
-            units (unbalanced); see :func:`sinkhorn`.
+            violation relative to the total mass (balanced) or the change of the potentials
+            over one iteration divided by ``reg`` (unbalanced); see :func:`sinkhorn`.
         converged: (B,) bool. ``error < tol`` (always False with ``tol=0``).
     """
 
@@ -155,7 +155,7 @@ def sinkhorn(
     mask_a: Tensor | None = None,
     mask_b: Tensor | None = None,
     max_iter: int = 100,
-    tol: float = 1e-3,
+    tol: float = 1e-5,
     backend: str = "auto",
     grad: str = "detach",
     check_every: int = 10,
@@ -175,9 +175,21 @@ def sinkhorn(
 
     Each iteration updates ``f`` then ``g``. Convergence is tested every `check_every`
     iterations and at `max_iter`; a problem stops at the first test where its error is below
-    `tol`. The error is the L1 row-marginal violation ``Σ_i |Σ_j T_ij − a_i|`` when both
-    sides are balanced (columns are exact after the g-update), else the largest change of
-    the potentials over one iteration, ``max_i |Δf_i| + max_j |Δg_j|`` (cost units).
+    `tol`. Both errors are free of units, so `tol` means the same at any `reg`, cost scale
+    or total mass:
+
+    * balanced (both sides hard): the L1 row-marginal violation relative to the total mass,
+      ``Σ_i |Σ_j T_ij − a_i| / Σ_i a_i`` (columns are exact after the g-update). Balanced
+      problems need ``Σa = Σb``: totals that differ by more than a relative
+      ``MASS_RTOL = 2^-6`` (twice what rounding the masses to bfloat16 can cause) raise
+      ValueError; within it, both are normalised in the iteration dtype, `b` is taken at
+      the total of `a`, and the plan carries the mass of `a`.
+    * unbalanced (some side relaxed): the largest change of the potentials over one
+      iteration divided by `reg`, ``(max_i |Δf_i| + max_j |Δg_j|) / reg``: the change of
+      ``log T``, which is also the largest relative violation of the fixed-point equations.
+
+    The default ``tol=1e-5`` gives plans at least as close to the exact plan as the official
+    code's stopping rule on RAM's problems (``docs/ot.md``).
 
     Args:
         cost: (B, N, M) or (N, M) float16/bfloat16/float32/float64. Cost matrices.
@@ -192,8 +204,8 @@ def sinkhorn(
             get zero mass and an exactly zero plan. None = all real.
         mask_b: (B, M) (or (M,)) bool. The same for columns.
         max_iter: maximum number of iterations (>= 1).
-        tol: stopping threshold on the error; 0 runs exactly `max_iter` iterations and
-            issues no ConvergenceWarning.
+        tol: stopping threshold on the (relative) error; 0 runs exactly `max_iter`
+            iterations and issues no ConvergenceWarning.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``; ``"auto"`` defers to the
             environment variable ``RAM_OT_SINKHORN_BACKEND``, then uses Triton for CUDA
             tensors where it can run and torch otherwise.
@@ -209,8 +221,8 @@ def sinkhorn(
     Raises:
         TypeError: non-tensor input or wrong dtype.
         ValueError: bad shapes, empty problems, ``reg <= 0``, negative or non-finite masses, a
-            problem with zero total mass (or no real row/column), unknown options, NaN/inf
-            cost under ``validate=True``.
+            problem with zero total mass (or no real row/column), unequal total masses of a
+            balanced problem, unknown options, NaN/inf cost under ``validate=True``.
         RuntimeError: ``backend="triton"`` where the Triton kernel cannot run.
 
     Warns:
@@ -263,6 +275,7 @@ def sinkhorn(
         if x is not None:
             check_shape(_FN, name, x, shape)
             check_floating(_FN, name, x)
+    balanced = fi_a == 1.0 and fi_b == 1.0
     dtype = (
         torch.float64
         if torch.float64 in (cost.dtype, getattr(a, "dtype", None), getattr(b, "dtype", None))
@@ -289,7 +302,14 @@ def sinkhorn(
     with autocast_off:
         mass_a = _prep_mass("a", a, mask_a, shape_a, B, N, dtype, device)
         mass_b = _prep_mass("b", b, mask_b, shape_b, B, M, dtype, device)
-        _check_values(cost, mass_a, mass_b, mask_a, mask_b, validate)
+        tot_a, tot_b, unit_a = _check_values(
+            cost, mass_a, mass_b, mask_a, mask_b, validate, balanced
+        )
+        if balanced:
+            # unit masses: the error and `tol` are relative to the total mass; the plan gets the
+            # mass of `a` back through f (b is taken at the total of a, see _check_values)
+            mass_a = mass_a / tot_a[:, None]
+            mass_b = mass_b / tot_b[:, None]
 
         C = cost.to(dtype)
         if mask_a is not None or mask_b is not None:
@@ -300,7 +320,6 @@ def sinkhorn(
                 ma[:, :, None] & mb[:, None, :], C, torch.zeros((), dtype=dtype, device=device)
             )
         log_a, log_b = _safe_log(mass_a), _safe_log(mass_b)
-        balanced = fi_a == 1.0 and fi_b == 1.0
         if reg_type == "kl" and not balanced:
             # KL(T | a b^T) = entropy with cost C − reg·(log a_i + log b_j) on the support
             la0 = torch.where(torch.isfinite(log_a), log_a, torch.zeros_like(log_a))
@@ -335,6 +354,10 @@ def sinkhorn(
             # potentials of the "entropy" problem with cost C_solve -> potentials for C
             f = f + reg * la0
             g = g + reg * lb0
+        if balanced and not unit_a:
+            f = f + reg * torch.log(tot_a)[:, None]  # plan of unit masses × Σa
+            if plan is not None:
+                plan.mul_(tot_a[:, None, None])
         if plan is None and grad != "detach" and torch.is_grad_enabled():
             plan = torch.exp((f[:, :, None] + g[:, None, :] - C) / reg)  # (B, N, M)
         elif plan is None:
@@ -366,19 +389,51 @@ class _nullcontext:
         return None
 
 
+MASS_RTOL = 2.0**-6
+"""Largest relative difference of Σa and Σb that a balanced problem accepts (and corrects).
+
+Rounding each entry of a mass vector to bfloat16 moves its total by at most a relative
+``eps/2 = 2^-8``, so two totals of the same mass differ by at most ``2^-7``; twice that is
+still rounding, whatever dtype the masses were cast to afterwards.
+"""
+
+
 def _check_values(
-    cost: Tensor, a: Tensor, b: Tensor, mask_a: Tensor | None, mask_b: Tensor | None, validate: bool
-) -> None:
-    """Mass checks (one device sync) and, under `validate`, the NaN/inf scan of `cost`."""
+    cost: Tensor,
+    a: Tensor,
+    b: Tensor,
+    mask_a: Tensor | None,
+    mask_b: Tensor | None,
+    validate: bool,
+    balanced: bool,
+) -> tuple[Tensor, Tensor, bool]:
+    """Mass checks (one device sync) and, under `validate`, the NaN/inf scan of `cost`.
+
+    Returns:
+        tot_a: (B,) total mass of `a` per problem.
+        tot_b: (B,) total mass of `b`.
+        unit_a: whether every total of `a` is exactly 1 (host bool).
+    """
     with torch.no_grad():
+        tot_a, tot_b = a.sum(dim=1), b.sum(dim=1)
+        # relative difference of the totals, where both are positive
+        rel = (tot_a - tot_b).abs() / torch.maximum(tot_a, tot_b).clamp_min(
+            torch.finfo(a.dtype).tiny
+        )
+        worst = rel.argmax()
         # min, max (NaN propagates and fails both tests) and the smallest row total of each
-        stats = [*torch.aminmax(a), a.sum(dim=1).amin(), *torch.aminmax(b), b.sum(dim=1).amin()]
-        mn_a, mx_a, tot_a, mn_b, mx_b, tot_b = torch.stack(stats).tolist()  # one sync
+        stats = [
+            *torch.aminmax(a), tot_a.amin(), *torch.aminmax(b), tot_b.amin(),
+            rel[worst], worst.to(a.dtype), tot_a[worst], tot_b[worst], (tot_a != 1).any().to(a.dtype),
+        ]  # fmt: skip
+        mn_a, mx_a, mn_tot_a, mn_b, mx_b, mn_tot_b, rel_w, i_w, ta_w, tb_w, non_unit = torch.stack(
+            stats
+        ).tolist()  # one sync
     flags = [
         mn_a >= 0 and mx_a < math.inf,
         mn_b >= 0 and mx_b < math.inf,
-        tot_a > 0,
-        tot_b > 0,
+        mn_tot_a > 0,
+        mn_tot_b > 0,
     ]
     for ok, name in zip(flags[:2], ("a", "b"), strict=False):
         if not ok:
@@ -391,6 +446,13 @@ def _check_values(
             raise ValueError(
                 f"{_FN}: expected `{name}` with a positive total mass in every problem, got zero{extra}."
             )
+    if balanced and rel_w > MASS_RTOL:
+        raise ValueError(
+            f"{_FN}: balanced transport (reg_m=None) needs `a` and `b` of equal total mass in "
+            f"every problem, got sum(a) = {ta_w:.6g} and sum(b) = {tb_w:.6g} in problem "
+            f"{int(i_w)} (relative difference {rel_w:.3g} > {MASS_RTOL:g}, what rounding can "
+            "explain); rescale the masses, or relax a marginal with `reg_m`."
+        )
     if validate:
         if mask_a is not None or mask_b is not None:
             real = torch.ones(cost.shape, dtype=torch.bool, device=cost.device)
@@ -400,3 +462,4 @@ def _check_values(
                 real = real & mask_b[:, None, :]
             cost = cost.masked_fill(~real, 0.0)  # padding may hold anything
         check_finite(_FN, "cost", cost)
+    return tot_a, tot_b, not non_unit

@@ -31,8 +31,9 @@ One iteration is an f-update followed by a g-update::
 starting from ``g = 0`` on real columns; ``log a = −inf`` marks absent rows (their ``f`` is
 ``−inf``, and likewise for columns). ``fi = reg_m/(reg_m + reg)`` per side (1 = balanced).
 The error of a problem is, when both sides are balanced, the L1 row-marginal violation
-``Σ_i |Σ_j T_ij − a_i|`` after the g-update; otherwise ``max_i |Δf_i| + max_j |Δg_j|`` over one
-iteration (cost units). It is tested at iterations ``k`` with ``k % check_every == 0`` or
+``Σ_i |Σ_j T_ij − a_i|`` after the g-update (the frontend passes unit masses, so this is
+relative to the total mass); otherwise ``(max_i |Δf_i| + max_j |Δg_j|) / reg`` over one
+iteration (the change of the log scalings, independent of the cost's units and of reg). It is tested at iterations ``k`` with ``k % check_every == 0`` or
 ``k == max_iter``; a problem whose error is below ``tol`` stops there (``n_iter = k``).
 """
 
@@ -149,12 +150,22 @@ def _is_check(k: int, max_iter: int, tol: float, check_every: int) -> bool:
 
 
 def _unbalanced_error(
-    f: Tensor, f_prev: Tensor, g: Tensor, g_prev: Tensor, real_a: Tensor, real_b: Tensor
+    f: Tensor,
+    f_prev: Tensor,
+    g: Tensor,
+    g_prev: Tensor,
+    real_a: Tensor,
+    real_b: Tensor,
+    reg: float,
 ) -> Tensor:
-    """``max_i |f_i − f'_i| + max_j |g_j − g'_j|`` over real entries; (B,)."""
+    """``(max_i |f_i − f'_i| + max_j |g_j − g'_j|) / reg`` over real entries; (B,).
+
+    Divided by `reg`, the change is that of the log scalings (of ``log T``), which does not
+    depend on the units of the cost or on the masses.
+    """
     df = torch.where(real_a, f - f_prev, torch.zeros_like(f)).abs().amax(dim=1)
     dg = torch.where(real_b, g - g_prev, torch.zeros_like(g)).abs().amax(dim=1)
-    return df + dg
+    return (df + dg) / reg
 
 
 # ---------------------------------------------------------------------------------------
@@ -214,7 +225,7 @@ def solve_lse(
                 row = torch.exp(f_new / reg + lse_row_new)
                 err = (row - mass_a).abs().sum(dim=1)
             else:
-                err = _unbalanced_error(f_new, f, g_new, g, real_a, real_b)
+                err = _unbalanced_error(f_new, f, g_new, g, real_a, real_b, reg)
             err = err.detach()
             error = torch.where(active, err, error)
         keep = active[:, None]
@@ -585,7 +596,7 @@ def solve_scaling(
             err = (u * Kv - a).abs().sum(dim=1)
         else:
             err = _unbalanced_error(
-                fa + reg * torch.log(u), f_prev, ga + reg * torch.log(v), g_prev, ra, rb
+                fa + reg * torch.log(u), f_prev, ga + reg * torch.log(v), g_prev, ra, rb, reg
             )
         stop = active_mask & (
             (err < tol) if (tol > 0 and not last) else torch.full_like(active_mask, last)

@@ -873,7 +873,7 @@ def solve_potentials(
         g: (B, M) dtype of cost, column potentials (``-inf`` on masked columns).
         n_iter: (B,) int64, iterations run per problem.
         error: (B,) dtype of cost, error at the last convergence test: the L1 row-marginal
-            violation when balanced, else ``max|Δf| + max|Δg|`` in cost units.
+            violation when balanced, else ``(max|Δf| + max|Δg|) / reg``.
 
     Raises:
         RuntimeError: when the kernel cannot run for these tensors (the reason from
@@ -910,8 +910,11 @@ def solve_potentials(
     cost = cost.contiguous()
     log_a = log_a.contiguous()
     log_b = log_b.contiguous()
-    params = _params(float(reg), float(fi_a), float(fi_b), float(tol), dt, dev)
     balanced = float(fi_a) == 1.0 and float(fi_b) == 1.0
+    # the kernels measure the unbalanced error in cost units: test it against tol·reg and
+    # report error/reg, the contract's (reg-free) unit
+    tol_k = float(tol) if balanced else float(tol) * float(reg)
+    params = _params(float(reg), float(fi_a), float(fi_b), tol_k, dt, dev)
     if _variant == "auto" and _prefer_split(n, m, dev):
         _variant = "split"
     if _variant == "split":
@@ -926,11 +929,11 @@ def solve_potentials(
             error,
             int(max_iter),
             int(check_every),
-            float(tol),
+            tol_k,
             float(reg),
             balanced,
         )
-        return f, g, n_iter, error
+        return f, g, n_iter, error if balanced else error.div_(reg)
     if _variant == "resident" or (_variant == "auto" and _resident_fits(n, m, dt)):
         bn, bm1, bm2, warps = _resident_config(n, m, dt)
         _kernel("resident")[(bsz,)](
@@ -940,7 +943,7 @@ def solve_potentials(
             BALANCED=balanced, BLOCK_N=bn, BLOCK_M1=bm1, BLOCK_M2=bm2,
             num_warps=_num_warps or warps,
         )  # fmt: skip
-        return f, g, n_iter, error
+        return f, g, n_iter, error if balanced else error.div_(reg)
     cfg = _config(n, m, dt, _variant)
     r = torch.empty((bsz, n), device=dev, dtype=dt)
     _kernel()[(bsz,)](
@@ -950,7 +953,7 @@ def solve_potentials(
         BALANCED=balanced, ONCHIP=cfg.onchip, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m,
         num_warps=cfg.num_warps,
     )  # fmt: skip
-    return f, g, n_iter, error
+    return f, g, n_iter, error if balanced else error.div_(reg)
 
 
 #: Largest tile (elements, after splitting the columns into two power-of-two chunks) that the
