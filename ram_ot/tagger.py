@@ -858,22 +858,26 @@ class Tagger:
         image: Any,
         labels: Sequence[str] | None = None,
         *,
+        show: Sequence[str] | None = None,
         out_dir: str | os.PathLike | None = None,
-        top_k: int | None = 3,
+        top_k: int = 3,
         prefix: str = "",
     ) -> dict[str, Any]:
         """Heatmaps of where each label took its transport mass from (see :mod:`ram_ot.viz`).
 
         Args:
             image: one image file or PIL image.
-            labels: the label set (default: the training vocabulary).
-            out_dir: if given, PNGs are written there (:func:`ram_ot.viz.save_explanations`).
-            top_k: draw the `top_k` best-scoring labels (None: all).
+            labels: the label set the image is scored over (default: the training
+                vocabulary); the plan depends on it.
+            show: the labels to draw (a subset of `labels`); default the `top_k` best.
+            out_dir: if given, PNGs are written there (:func:`ram_ot.viz.save_explanations`):
+                the plan's heatmap, and the teacher prior's to its right.
+            top_k: how many labels to draw when `show` is not given.
             prefix: file-name prefix of the PNGs.
 
         Returns:
-            ``{label: (H', W') float32 heatmap in [0, 1]}`` at the image's size, with the
-            list of written files under the key ``"_files"`` when `out_dir` is given.
+            ``{label: (height, width) float32 heatmap in [0, 1]}`` at the image's size; with
+            `out_dir`, the written paths under the key ``"_files"``.
         """
         from ram_ot import viz
 
@@ -882,15 +886,21 @@ class Tagger:
         pil = _open_image(image)
         x = self.transform(pil).unsqueeze(0).to(self.device)
         out = self.forward(x, labels, with_prior=True)
-        order = torch.sort(out.scores[0], descending=True, stable=True).indices.tolist()
-        chosen = order[:top_k] if top_k is not None else order
+        if show is None:
+            order = torch.sort(out.scores[0], descending=True, stable=True).indices.tolist()
+            chosen = order[:top_k]
+        else:
+            unknown = [c for c in show if c not in labels]
+            if unknown:
+                raise ValueError(f"{fn}: expected `show` to be among `labels`, got {unknown[:3]}.")
+            chosen = [labels.index(c) for c in show]
         names = [labels[j] for j in chosen]
         grid = tuple(self.model.ladder.grid_size)
-        plan = out.plan[0][:, chosen].cpu()  # (N, C')
+        plan = out.plan[0][:, chosen].cpu()  # (N, C) -> (N, C')
         prior = out.prior[0][:, chosen].cpu()
-        maps = {n: viz.upsample(m, pil.size) for n, m in zip(names, viz.plan_heatmaps(plan, grid))}
-        result: dict[str, Any] = dict(maps)
-        if out_dir is not None:
+        maps = viz.plan_heatmaps(plan, grid)
+        result: dict[str, Any] = {n: viz.upsample(m, pil.size) for n, m in zip(names, maps)}
+        if out_dir is not None and names:
             result["_files"] = viz.save_explanations(
                 pil, plan, names, out_dir, grid=grid, prior=prior, prefix=prefix
             )
