@@ -192,7 +192,7 @@ def presence_features(
         temperature_global: τ_g. temperature_local: τ_loc.
 
     Returns:
-        (B, C, 2) float32: ``[cos(g, t_c), C · matched_c]`` (see the module docstring).
+        Tensor: (B, C, 2) float32, ``[cos(g, t_c), C · matched_c]`` (see the module docstring).
     """
     C = logits_global.shape[-1]
     cos_g = logits_global.float() * float(temperature_global)
@@ -516,8 +516,9 @@ class Tagger:
             verify: check the CLIP hash (default True).
 
         Raises:
-            FileNotFoundError: no such file. ValueError: not a tagger file, a newer format,
-            or CLIP weights that do not match the recorded hash.
+            FileNotFoundError: no such file.
+            ValueError: not a tagger file, a newer format, or CLIP weights that do not match
+                the recorded hash.
         """
         from ram_ot.backbones._hub import ensure_reachable
         from ram_ot.backbones.open_clip import load_clip
@@ -770,8 +771,9 @@ class Tagger:
                 lists).
 
         Returns:
-            One entry per input: a list of :class:`Tag` ``(label, score)`` in descending
-            score, or None for an image file that could not be read (a warning names it).
+            list: one entry per input: a list of :class:`Tag` ``(label, score)`` in
+            descending score, or None for an image file that could not be read (a warning
+            names it).
         """
         fn = "Tagger.predict"
         check_choice(fn, "score", score, ("softmax", "presence"))

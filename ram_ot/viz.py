@@ -39,8 +39,8 @@ def plan_heatmaps(plan: Any, grid: tuple[int, int]) -> np.ndarray:
         grid: ``(H, W)`` of the patch grid.
 
     Returns:
-        (C, H, W) (or (B, C, H, W)) float32 in [0, 1]: each map divided by its maximum (an
-        all-zero column stays zero).
+        ndarray: (C, H, W) (or (B, C, H, W)) float32 in [0, 1], each map divided by its
+        maximum (an all-zero column stays zero).
     """
     p = _to_numpy(plan)
     h, w = (int(grid[0]), int(grid[1]))
@@ -58,7 +58,7 @@ def upsample(heatmap: Any, size: tuple[int, int]) -> np.ndarray:
     """Resize an (H, W) map to the image size ``(width, height)`` (PIL's order), bilinear.
 
     Returns:
-        (height, width) float32.
+        ndarray: (height, width) float32.
     """
     from PIL import Image
 
