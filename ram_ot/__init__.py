@@ -9,6 +9,7 @@ Recognition through Knowledge-Constrained Optimal Transport*, CVPR 2025, arXiv 2
 - :class:`~ram_ot.adapters.LadderLocalAdapter`, :class:`~ram_ot.adapters.LocalAdapter`: recovering CLIP's local semantics (§3.2);
 - :class:`~ram_ot.prompts.PromptEncoder`: label names to text embeddings;
 - :class:`~ram_ot.model.RAM`, :func:`~ram_ot.model.build_ram`: the assembled model over an open_clip ViT;
+- :class:`~ram_ot.tagger.Tagger`, :func:`~ram_ot.tagger.save_tagger`: a trained model as one file, tagging with thresholds;
 - losses and the OVMLR metrics by their function names.
 
 The public API is what ``__all__`` lists; modules and names starting with ``_`` are private.
@@ -28,6 +29,7 @@ from ram_ot.metrics import (
     MultiLabelMetrics,
     SplitResult,
     average_precision,
+    calibrate_thresholds,
     evaluate,
     mean_average_precision,
     precision_recall_f1_at_k,
@@ -35,6 +37,7 @@ from ram_ot.metrics import (
 from ram_ot.model import RAM, build_ram
 from ram_ot.ot import SinkhornResult, available_backends, sinkhorn
 from ram_ot.prompts import PromptEncoder
+from ram_ot.tagger import Tag, Tagger, save_tagger
 
 __all__ = [
     "__version__",
@@ -56,6 +59,10 @@ __all__ = [
     "PromptEncoder",
     "RAM",
     "build_ram",
+    # a trained tagger
+    "Tagger",
+    "Tag",
+    "save_tagger",
     # losses
     "mmc_loss",
     "MMCLoss",
@@ -65,6 +72,7 @@ __all__ = [
     "average_precision",
     "mean_average_precision",
     "precision_recall_f1_at_k",
+    "calibrate_thresholds",
     "evaluate",
     "MultiLabelMetrics",
     "PRF1",

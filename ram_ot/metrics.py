@@ -51,6 +51,7 @@ __all__ = [
     "PRF1",
     "SplitResult",
     "average_precision",
+    "calibrate_thresholds",
     "evaluate",
     "mean_average_precision",
     "precision_recall_f1_at_k",
@@ -208,6 +209,47 @@ def average_precision(scores: ArrayLike, targets: ArrayLike) -> Tensor:
         for i in range(0, scores.shape[1], _AP_BLOCK)
     ]
     return torch.cat(blocks)
+
+
+def calibrate_thresholds(scores: ArrayLike, targets: ArrayLike) -> Tensor:
+    r"""Per-class F1-optimal decision thresholds (predict class c when ``score >= t_c``).
+
+    For each column c, every distinct score value ``t`` of that column is a candidate; the
+    rule ``s >= t`` gives ``TP, FP, FN`` and ``F1 = 2·TP / (2·TP + FP + FN)``. The returned
+    ``t_c`` is the candidate with the largest F1; among equal F1 the **largest** ``t`` wins
+    (the most conservative rule). Tied scores are one candidate, so the rule never splits
+    them. Fit on a validation split, never on the test split.
+
+    Args:
+        scores: (N, C) floating. Any score that is larger for "more present" (for the tagger,
+            the presence probability of :mod:`ram_ot.tagger`).
+        targets: (N, C) bool / int / float; entries > 0 are positives.
+
+    Returns:
+        (C,) float64 on the device of `scores`: the thresholds; NaN for a class without a
+        positive (no threshold can be fitted for it).
+
+    Example:
+        >>> calibrate_thresholds(torch.tensor([[0.9], [0.4], [0.6]]), torch.tensor([[1], [0], [1]]))
+        tensor([0.6000], dtype=torch.float64)
+    """
+    fn = "calibrate_thresholds"
+    s, t = _check_pair(fn, scores, targets)
+    n = s.shape[0]
+    if n == 0:
+        raise ValueError(f"{fn}: expected `scores` of shape (N, C) with N >= 1, got {tuple(s.shape)}.")
+    s, order = torch.sort(s.double(), dim=0, descending=True, stable=True)  # (N, C)
+    y = torch.gather(t, 0, order).double()
+    tp = torch.cumsum(y, dim=0)  # (N, C): TP of the rule "s >= s[i]" at a tie group's end
+    n_pos = y.sum(0)  # (C,)
+    rank = torch.arange(1, n + 1, dtype=torch.float64, device=s.device).unsqueeze(1)  # (N, 1)
+    f1 = 2 * tp / (rank + n_pos)  # 2TP / (2TP + FP + FN) = 2TP / (#predicted + #positive)
+    is_end = torch.ones_like(s, dtype=torch.bool)
+    is_end[:-1] = s[1:] != s[:-1]  # only the last row of a tie group is a valid cut
+    f1 = torch.where(is_end, f1, torch.full_like(f1, -1.0))
+    best = f1.argmax(dim=0)  # first maximum = largest threshold among equal F1
+    thr = s.gather(0, best.unsqueeze(0)).squeeze(0)
+    return torch.where(n_pos > 0, thr, torch.full_like(thr, math.nan))
 
 
 def _map_of(ap: Tensor) -> APResult:

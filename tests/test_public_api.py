@@ -12,9 +12,9 @@ PUBLIC = [
     "APResult", "AsymmetricLoss", "ConvergenceWarning", "EvalResult", "HeadOutput", "KCOTHead",
     "KCOTOutput", "KnowledgeConstrainedOT", "LadderLocalAdapter", "LadderOutput", "LocalAdapter",
     "MMCLoss", "MultiLabelMetrics", "PRF1", "PromptEncoder", "RAM", "SinkhornResult",
-    "SplitResult", "__version__", "available_backends", "average_precision", "bce", "build_ram",
-    "evaluate", "mean_average_precision", "mmc_loss", "precision_recall_f1_at_k", "sinkhorn",
-    "teacher_prior",
+    "SplitResult", "Tag", "Tagger", "__version__", "available_backends", "average_precision",
+    "bce", "build_ram", "calibrate_thresholds", "evaluate", "mean_average_precision", "mmc_loss",
+    "precision_recall_f1_at_k", "save_tagger", "sinkhorn", "teacher_prior",
 ]  # fmt: skip
 
 
