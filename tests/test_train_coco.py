@@ -144,3 +144,163 @@ def test_reference_split_json_lists(tmp_path):
     (record,) = json.loads((out / "metrics.json").read_text())
     assert record["gzsl"]["n_images"] == 12 and record["zsl"]["n_images"] == len(data.test_zsl)
     assert record["val"]["n_images"] == 4
+
+
+# ------------------------------------------------------------- runs that are never lost
+
+
+def _train():
+    from ram_ot.cli import train
+
+    return train
+
+
+def _weights_equal(a, b):
+    ca, cb = _model_state(a), _model_state(b)
+    assert ca["step"] == cb["step"]
+    for key, value in ca["model"].items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(cb["model"][key], value, rtol=0, atol=0)
+    if ca["ema"] is not None:
+        for key, value in ca["ema"]["shadow"].items():
+            torch.testing.assert_close(cb["ema"]["shadow"][key], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("held", ["metrics.json", "last.pt"])
+def test_output_dir_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys, held):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / held).write_text("[]")
+    with pytest.raises(SystemExit) as e:
+        _script().main([*TINY, "--epochs", "1", "--output-dir", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert (out / held).read_text() == "[]"  # untouched
+    if held == "metrics.json":
+        (out / "best.pt").write_text("old")
+        (out / ".tmp-last.pt-dead.pt").write_text("old")
+        records = _run(out, "--epochs", "1", "--overwrite")
+        assert [r["epoch"] for r in records] == [1]
+        assert not (out / ".tmp-last.pt-dead.pt").exists()
+        assert _model_state(out / "last.pt")["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--batch-size", "0"], "--batch-size"),
+        (["--eval-every", "0"], "--eval-every"),
+        (["--epochs", "-1"], "--epochs"),
+        (["--lr", "0"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--val-fraction", "1"], "--val-fraction"),
+        (["--workers", "-1"], "--workers"),
+        (["--save-every", "-2"], "--save-every"),
+        (["--ema-decay", "1.5"], "--ema-decay"),
+        (["--demo-images", "0", "4"], "--demo-images"),
+        (["--rewrite-prefix", "/a", "/b"], "--rewrite-prefix"),
+        (["--resume", "--overwrite"], "--overwrite"),
+        (["--force"], "--force"),
+        (["--coco-root", "/data/coco"], "one data source"),
+    ],
+)
+def test_bad_flag_values_are_refused_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        _train().parse_args(["--demo", "--output-dir", "x", *argv])
+    assert e.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_default_workers_follow_the_machine(monkeypatch):
+    train = _train()
+    for cpus, local, want in ((2, 1, 1), (1, 1, 0), (16, 1, 4), (16, 8, 1)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local))
+        assert train.default_workers() == want
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    args = train.parse_args(["--coco-root", "/data/coco", "--output-dir", "x"])
+    assert args.workers == 1
+
+
+def _kill_at(monkeypatch, step, action):
+    """Make the `step`-th optimiser step (counted from 1 in this process) do `action`."""
+    import ram_ot.training.loop as loop
+
+    real, calls = loop.train_step, [0]
+
+    def patched(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        calls[0] += 1
+        return action(loss) if calls[0] == step else loss
+
+    monkeypatch.setattr(loop, "train_step", patched)
+
+
+def test_sigterm_mid_epoch_saves_and_resume_is_bit_exact(tmp_path, monkeypatch):
+    import signal
+
+    train = _train()
+    full = _run(tmp_path / "full", "--epochs", "2", "--ema")
+    out = tmp_path / "killed"
+
+    def sigterm(loss):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    _kill_at(monkeypatch, 3, sigterm)  # 2 steps per epoch: step 3 is batch 1 of epoch 2
+    argv = [*TINY, "--epochs", "2", "--ema", "--output-dir", str(out)]
+    assert train.main(argv) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    ck = _model_state(out / "last.pt")
+    assert ck["epoch"] == 1 and ck["step"] == 3
+    assert ck["extra"]["partial"]["epoch"] == 2 and ck["extra"]["partial"]["steps"] == 1
+    assert "SIGTERM: saved" in (out / "train.log").read_text()
+    assert _run(out, "--epochs", "2", "--ema", "--resume") == full  # every metric, bit for bit
+    _weights_equal(tmp_path / "full" / "last.pt", out / "last.pt")
+
+    # changing what is trained is refused; --epochs extends the schedule
+    with pytest.raises(SystemExit) as e:
+        train.main([*argv, "--resume", "--lr", "1e-2"])
+    assert e.value.code == 2
+    assert "--lr 0.002 -> 0.01" in (out / "train.log").read_text()
+    records = _run(out, "--epochs", "3", "--ema", "--resume")
+    assert [r["epoch"] for r in records] == [1, 2, 3] and records[:2] == full
+    assert _model_state(out / "last.pt")["extra"]["lr_plan"]["replans"] == [[4, 6]]
+    assert "re-planned from step 4 to end at step 6" in (out / "train.log").read_text()
+
+
+def test_sigterm_from_outside_then_resume_matches_an_uninterrupted_run(tmp_path):
+    import signal
+    import time
+
+    full = _run(tmp_path / "full", "--epochs", "2")
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(EXAMPLE), *TINY, "--epochs", "2", "--save-every", "1",
+           "--output-dir", str(out), "--threads", "1"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 600
+    while not (out / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
+    assert "SIGTERM" in log and "continue with --resume" in log
+    assert _run(out, "--epochs", "2", "--resume") == full
+    _weights_equal(tmp_path / "full" / "last.pt", out / "last.pt")
+
+
+def test_nan_loss_stops_with_one_message_naming_the_last_good_checkpoint(tmp_path, monkeypatch):
+    _kill_at(monkeypatch, 3, lambda loss: loss * float("nan"))
+    out = tmp_path / "nan"
+    rc = _train().main([*TINY, "--epochs", "2", "--output-dir", str(out)])
+    assert rc == 3
+    log = (out / "train.log").read_text()
+    assert "the loss became nan at step 3 (epoch 2/2, batch 1)" in log
+    assert f"the last good checkpoint is {out / 'last.pt'} (epoch 1, step 2)" in log
+    assert "Likely causes" in log and "Traceback" not in log
+    assert _model_state(out / "last.pt")["step"] == 2  # nothing spoiled was saved

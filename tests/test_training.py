@@ -322,7 +322,9 @@ def test_non_finite_loss_stops_the_epoch_at_its_step():
     bad = x.clone()
     bad[0, 0] = float("nan")
     batches = [(x, torch.ones(4, 3)), (x, torch.zeros(4, 3)), (bad, torch.ones(4, 3))]
-    with pytest.raises(NonFiniteError, match=r"the loss became nan at step 8 \(train, batch 3\)") as e:
+    with pytest.raises(
+        NonFiniteError, match=r"the loss became nan at step 8 \(train, batch 3\)"
+    ) as e:
         train_one_epoch(m, batches, ["a", "b", "c"], opts, device="cpu", step=5)
     assert e.value.step == 8 and e.value.what == "loss"
 
