@@ -304,3 +304,121 @@ def test_nan_loss_stops_with_one_message_naming_the_last_good_checkpoint(tmp_pat
     assert f"the last good checkpoint is {out / 'last.pt'} (epoch 1, step 2)" in log
     assert "Likely causes" in log and "Traceback" not in log
     assert _model_state(out / "last.pt")["step"] == 2  # nothing spoiled was saved
+
+
+# ------------------------------------------------------------- own data from the script
+
+
+def _demo_files(tmp_path, n_train=16, n_val=12):
+    from ram_ot.data import coco_zsl_datasets, load_class_split, make_demo_coco
+
+    demo = make_demo_coco(tmp_path / "coco", n_train=n_train, n_val=n_val, seed=1)
+    data = coco_zsl_datasets(demo.root, split=load_class_split(demo.split_file))
+    return demo, data
+
+
+def _build(**kw):
+    return _train().build_datasets(
+        kw.pop("root", None), image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, val_fraction=0, **kw
+    )
+
+
+def test_coco_2017_layout_is_detected(tmp_path):
+    demo, data = _demo_files(tmp_path)
+    root = Path(demo.root)
+    for part in ("train", "val"):
+        (root / "annotations" / f"instances_{part}2014.json").rename(
+            root / "annotations" / f"instances_{part}2017.json"
+        )
+        (root / f"{part}2014").rename(root / f"{part}2017")
+    got = _build(root=demo.root, split=demo.split_file)
+    assert got.train.paths == [p.replace("/train2014/", "/train2017/") for p in data.train.paths]
+    assert got.test_gzsl.source.endswith("instances_val2017.json")
+    with pytest.raises(FileNotFoundError, match="instances_train2014.json or instances_train2017"):
+        _build(root=str(tmp_path))
+
+
+def _write_lists(tmp_path, data, *, bom=False, fmt="csv"):
+    files = {}
+    for name, ds in (("train", data.train), ("test", data.test_gzsl)):
+        rows = [
+            (os.path.relpath(p, tmp_path), list(ds.label_names(i))) for i, p in enumerate(ds.paths)
+        ]
+        if fmt == "csv":
+            path = tmp_path / f"{name}.csv"
+            text = "path,labels\n" + "".join(f"{p},{';'.join(n)}\n" for p, n in rows)
+            path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
+        else:  # the official repo's files: only "images", no "classes"
+            path = tmp_path / f"{name}.json"
+            path.write_text(json.dumps({"images": [[p, n] for p, n in rows]}))
+        files[name] = str(path)
+    return files
+
+
+@pytest.mark.parametrize("fmt", ["csv-bom", "json-images-only"])
+def test_own_lists_supervised_and_zero_shot(tmp_path, fmt):
+    demo, data = _demo_files(tmp_path)
+    files = _write_lists(tmp_path, data, bom=fmt == "csv-bom", fmt=fmt.split("-")[0])
+    sup = _build(train_list=files["train"], test_list=files["test"])
+    used = [ds.label_names(i) for ds in (data.train, data.test_gzsl) for i in range(len(ds))]
+    labels = sorted({n for names in used for n in names})  # the vocabulary the lists use
+    assert sup.split.seen == tuple(labels) and sup.split.unseen == ()
+    assert sup.test_zsl is None and len(sup.test) == len(data.test_gzsl)
+    assert sup.train.paths == data.train.paths  # the BOM does not leak into the first path
+    assert [set(sup.test.label_names(i)) for i in range(len(sup.test))] == [
+        set(data.test_gzsl.label_names(i)) for i in range(len(data.test_gzsl))
+    ]
+    with pytest.warns(UserWarning, match=r"labels \['red triangle'\] of .* are on no image"):
+        zsl = _build(train_list=files["train"], test_list=files["test"], split=demo.split_file)
+    assert zsl.split == data.split and zsl.test is None
+    assert zsl.test_zsl.paths == data.test_zsl.paths and zsl.test_gzsl.paths == data.test_gzsl.paths
+    assert torch.equal(zsl.test_gzsl.targets, data.test_gzsl.targets)
+
+
+def test_voc2007_supervised(tmp_path):
+    from PIL import Image
+
+    from ram_ot.data import VOC2007_CLASSES
+
+    base = tmp_path / "VOCdevkit" / "VOC2007"
+    for d in ("Annotations", "ImageSets/Main", "JPEGImages"):
+        (base / d).mkdir(parents=True)
+    ids = {"trainval": ["000001", "000002", "000003"], "test": ["000004", "000005"]}
+    for part, names in ids.items():
+        (base / "ImageSets" / "Main" / f"{part}.txt").write_text("\n".join(names) + "\n")
+        for k, i in enumerate(names):
+            Image.new("RGB", (32, 32), (k * 40, 0, 0)).save(base / "JPEGImages" / f"{i}.jpg")
+            objs = "".join(f"<object><name>{c}</name></object>" for c in ("dog", "person")[: k + 1])
+            (base / "Annotations" / f"{i}.xml").write_text(
+                f"<annotation><filename>{i}.jpg</filename>{objs}</annotation>"
+            )
+    got = _build(voc_root=str(tmp_path))
+    assert got.split.seen == tuple(sorted(VOC2007_CLASSES)) and len(got.train) == 3
+    assert got.test.label_names(1) == ("dog", "person")
+
+
+def test_corrupt_image_mid_epoch_skipped_or_clear_error(tmp_path, capsys):
+    demo, data = _demo_files(tmp_path, n_train=24, n_val=12)
+    files = _write_lists(tmp_path, data, bom=True)
+    bad = data.train.paths[3]
+    Path(bad).write_bytes(Path(bad).read_bytes()[:40])  # truncated: passes the existence check
+    out = tmp_path / "run"
+    argv = [
+        "--train-list", files["train"], "--test-list", files["test"], "--model", "RAM-Tiny-ViT",
+        "--pretrained", "none", "--epochs", "1", "--batch-size", "8", "--val-fraction", "0.25",
+        "--workers", "0", "--threads", "1", "--no-progress", "--output-dir", str(out),
+    ]  # fmt: skip
+    train = _train()
+    assert train.main(argv) == train.EXIT_DATA_ERROR
+    log = (out / "train.log").read_text()
+    assert f"training stopped: MultiLabelDataset: cannot read image {bad}" in log
+    assert "--skip-bad-images" in log and "Traceback" not in log
+    with pytest.warns(UserWarning, match="replaced by the next readable image"):
+        assert train.main([*argv, "--overwrite", "--skip-bad-images"]) == 0
+    (record,) = json.loads((out / "metrics.json").read_text())
+    assert record["test"]["n_images"] == len(data.test_gzsl) and "zsl" not in record
+    assert 0.0 <= record["test"]["mAP"] <= 1.0
+    # found up front: the reader drops it, and the run reports the count
+    assert train.main([*argv, "--overwrite", "--verify-images", "--skip-bad-images"]) == 0
+    log = (out / "train.log").read_text()
+    assert "skipped images while reading the data" in log and "'unreadable_image': 1" in log

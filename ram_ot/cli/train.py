@@ -551,10 +551,11 @@ def build_datasets(
         if split:
             cs = load_class_split(split)
             missing = [x for x in cs.gzsl if x not in known]
-            if missing:
-                raise ValueError(
-                    f"train: labels {missing[:5]} of {split} are in neither {tr_all.source} nor "
-                    f"{te_all.source}."
+            if missing:  # allowed (an all-negative column), but likely a typo
+                warnings.warn(
+                    f"train: labels {missing[:5]} of {split} are on no image of "
+                    f"{tr_all.source} or {te_all.source}.",
+                    stacklevel=2,
                 )
             data = ZSLDatasets(
                 _relabel(tr_all, cs.seen, tr_t, keep_empty=False),
