@@ -422,3 +422,13 @@ def test_corrupt_image_mid_epoch_skipped_or_clear_error(tmp_path, capsys):
     assert train.main([*argv, "--overwrite", "--verify-images", "--skip-bad-images"]) == 0
     log = (out / "train.log").read_text()
     assert "skipped images while reading the data" in log and "'unreadable_image': 1" in log
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_clear_error(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"PK\x03\x04" + b"\x00" * 100)  # a cut-off archive
+    with pytest.raises(SystemExit) as e:
+        _script().main([*TINY, "--epochs", "1", "--resume", "--output-dir", str(out)])
+    msg = str(e.value.code)
+    assert f"cannot resume from {out / 'last.pt'}" in msg and "--overwrite" in msg

@@ -277,23 +277,27 @@ def test_checkpoint_mode_follows_umask_and_stale_temporaries_are_removed(tmp_pat
     assert (os.stat(tmp_path / "last.pt").st_mode & 0o777) == 0o640
 
 
-def test_lr_plan_extends_the_cosine_from_the_current_lr():
+def test_lr_plan_extends_the_schedule_to_the_new_total():
     from ram_ot.training import LRPlan
 
     base = CosineWarmup(100, warmup_steps=10)
     plan = LRPlan(base)
     assert [plan(t) for t in range(0, 120, 7)] == [base(t) for t in range(0, 120, 7)]
     plan.replan(60, 200)  # --epochs raised at step 60: 100 -> 200 steps
-    assert plan(59) == base(59) and plan(60) == pytest.approx(base(60))
-    f = [plan(t) for t in range(60, 201)]
-    assert all(a >= b for a, b in zip(f, f[1:], strict=False))  # decays, never jumps up
-    assert f[-1] == pytest.approx(base.min_factor) and plan(250) == pytest.approx(base.min_factor)
-    assert plan(100) > 2 * base(100)  # the old plan would be at the floor here
-    # re-planned inside the warm-up: the same plan as a run started with the new total
-    early = LRPlan(CosineWarmup(100, warmup_steps=10))
-    early.replan(5, 300)
-    ref = CosineWarmup(300, warmup_steps=10)
-    assert all(early(t) == pytest.approx(ref(t)) for t in range(0, 320, 13))
+    longer = CosineWarmup(200, warmup_steps=10)
+    assert plan(59) == base(59)
+    assert all(plan(t) == longer(t) for t in range(60, 260, 9))  # the plan of the new total
+    assert plan(200) == pytest.approx(base.min_factor) and plan(100) > 100 * base.min_factor
+    # a finished run (at the floor) extended by 50%: back up to the new plan, not at the floor
+    done = LRPlan(CosineWarmup(100, warmup_steps=10))
+    done.replan(100, 150)
+    assert done(100) == pytest.approx(CosineWarmup(150, warmup_steps=10)(100)) and done(100) > 0.2
+    # a base without total_steps: a half cosine from the current factor to its floor
+    generic = LRPlan(lambda t: max(0.1, 1.0 - t / 100))
+    generic.replan(50, 150)
+    f = [generic(t) for t in range(50, 151)]
+    assert f[0] == pytest.approx(0.5) and f[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f, f[1:], strict=False))
     with pytest.raises(ValueError, match="`total` > `t0`"):
         plan.replan(80, 80)
 
@@ -340,3 +344,19 @@ def test_graceful_stop_turns_a_signal_into_a_flag():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested and stop.name == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_non_finite_scores_are_refused_in_evaluation():
+    from types import SimpleNamespace
+
+    from ram_ot.training import NonFiniteError, evaluate_split
+
+    class NaNScores(nn.Module):
+        def forward(self, images, labels):
+            s = torch.rand(images.shape[0], len(labels))
+            s[-1, 0] = float("inf")
+            return SimpleNamespace(scores=s)
+
+    batches = [(torch.zeros(3, 4), torch.ones(3, 2))]
+    with pytest.raises(NonFiniteError, match="the scores became inf in val"):
+        evaluate_split(NaNScores(), batches, ["a", "b"], device="cpu", desc="val")

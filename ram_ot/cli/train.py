@@ -890,7 +890,7 @@ def _prepare_output_dir(
 def _resume_changes(saved: dict[str, Any], now: dict[str, Any], defaults: dict[str, Any]) -> dict:
     """``{flag: (old, new)}`` for every flag whose value differs from the saved run's."""
     out = {}
-    for k in sorted(set(saved) | set(now)):
+    for k in sorted((set(saved) | set(now)) - {"resume", "overwrite", "force"}):
         old, new = saved.get(k, defaults.get(k)), now.get(k, defaults.get(k))
         if isinstance(old, tuple):
             old = list(old)
@@ -1114,7 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
             lr_plan.replan(step, total_steps)
             log.info(
                 f"--epochs {args.epochs}: the schedule is re-planned from step {step} to end at "
-                f"step {total_steps} (cosine from the current lr to the floor; docs/training.md)"
+                f"step {total_steps} (as planned with the new --epochs from the start; docs/training.md)"
             )
         if args.force and changes:
             applied = _apply_forced(changes, optimizers, schedulers)

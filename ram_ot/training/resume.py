@@ -5,6 +5,7 @@ SIGINT (what a cluster sends at preemption).
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import threading
@@ -56,15 +57,15 @@ class LRPlan:
 
     Before any re-plan it is `base` (e.g. :class:`ram_ot.training.CosineWarmup`). A re-plan
     ``(t0, T)`` — a run resumed at step ``t0`` with a new total of ``T`` steps (``--epochs``
-    changed) — keeps ``f`` up to ``t0`` and from there decays by a half cosine from the
-    current factor ``f(t0)`` to the floor ``m = base(∞)`` at step ``T``:
+    changed) — keeps ``f`` up to ``t0`` and from there follows the schedule the run would
+    have had with ``T`` from the start: the same base (warm-up, floor) with its
+    ``total_steps`` set to ``T``. So a finished run extended with more epochs does not train
+    them at the floor learning rate: the lr goes back up to the new plan's value at ``t0``
+    (for ``CosineWarmup``: ``m + ½(1 − m)(1 + cos(π·t0/T))``) and decays to the floor at the
+    new last step.
 
-        f(t) = m + (f(t0) − m)·½(1 + cos(π·min(t − t0, T − t0)/(T − t0)))    t ≥ t0
-
-    so the learning rate is continuous, never jumps up, and reaches the floor exactly at the
-    new last step (instead of running the extra epochs at the floor). Re-planned inside the
-    warm-up (``t0 < T_w`` of a ``CosineWarmup`` base), the plan is simply the base with the
-    new total: warm-up and cosine as if the run had been started with ``T`` steps.
+    A base without a ``total_steps`` attribute is re-planned by a half cosine from the
+    current factor ``f(t0)`` to its floor ``m = base(∞)`` at step ``T``.
 
     Args:
         base: the original factor function.
@@ -87,16 +88,9 @@ class LRPlan:
         t0, total = self.replans[k - 1]
         if t < t0:
             return self._factor(t, k - 1)
-        if (
-            k == 1
-            and t0 < getattr(self.base, "warmup_steps", -1)
-            and hasattr(self.base, "total_steps")
-        ):
-            # re-planned during warm-up: the same plan over the new total
-            from copy import copy
-
-            b = copy(self.base)
-            b.total_steps = max(total, b.warmup_steps + 1)
+        if hasattr(self.base, "total_steps"):
+            b = copy.copy(self.base)
+            b.total_steps = max(int(total), int(getattr(b, "warmup_steps", 0)) + 1)
             return float(b(t))
         f0, m = self._factor(t0, k - 1), self.floor()
         span = max(1, total - t0)
