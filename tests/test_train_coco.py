@@ -419,7 +419,9 @@ def test_corrupt_image_mid_epoch_skipped_or_clear_error(tmp_path, capsys):
     assert record["test"]["n_images"] == len(data.test_gzsl) and "zsl" not in record
     assert 0.0 <= record["test"]["mAP"] <= 1.0
     # found up front: the reader drops it, and the run reports the count
-    assert train.main([*argv, "--overwrite", "--verify-images", "--skip-bad-images"]) == 0
+    named = re.escape(f"skipped {{'unreadable_image': 1}} while reading {files['train']}")
+    with pytest.warns(UserWarning, match=named):  # the user's file, not a temporary copy
+        assert train.main([*argv, "--overwrite", "--verify-images", "--skip-bad-images"]) == 0
     log = (out / "train.log").read_text()
     assert "skipped images while reading the data" in log and "'unreadable_image': 1" in log
 

@@ -464,9 +464,13 @@ def _read_list(
         ):
             g.write(f.read())
         try:
-            ds = from_csv(copy, base, **common)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ds = from_csv(copy, base, **common)
         except (OSError, ValueError) as e:
             raise type(e)(str(e).replace(copy, path)) from None
+        for w in caught:  # the reader's skip counts, naming the user's file
+            warnings.warn(str(w.message).replace(copy, path), w.category, stacklevel=2)
     ds.source = path
     return ds
 
