@@ -941,6 +941,16 @@ def _apply_forced(
     return sorted(set(applied))
 
 
+def _fingerprint(ds: MultiLabelDataset) -> str:
+    """The training images and labels in one short string (to notice changed data on resume)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for i, path in enumerate(ds.paths):
+        h.update(f"{path}\t{';'.join(ds.label_names(i))}\n".encode())
+    return f"{len(ds)} images, sha1 {h.hexdigest()[:12]}"
+
+
 def _non_finite_message(e: NonFiniteError, last_saved: tuple[int, int] | None, last: str) -> str:
     where = (
         f"the last good checkpoint is {last} (epoch {last_saved[0]}, step {last_saved[1]}): "
@@ -1056,6 +1066,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     if skipped:
         log.warning(f"skipped images while reading the data: {skipped}")
+    train_images = _fingerprint(data.train)
+    if meta is not None and meta["extra"].get("train_images", train_images) != train_images:
+        msg = (
+            f"--resume: the training images differ from those {last} was trained on "
+            f"({meta['extra']['train_images']} -> {train_images}): the data order of the run "
+            "is lost. Resume with the original data, pass --force to continue anyway, or "
+            "start a new run in another --output-dir."
+        )
+        if not args.force:
+            log.error(msg)
+            parser.error(msg)
+        log.warning(msg)
     loaders = build_loaders(
         data, dist, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         workers=args.workers, seed=args.seed, skip_bad_images=args.skip_bad_images,
@@ -1142,6 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = {
                 "seed": args.seed, "best": best, "args": vars(args), "world_size": dist.world_size,
                 "lr_plan": {"total": plan_total, **lr_plan.state()}, "partial": partial,
+                "train_images": train_images,
             }  # fmt: skip
             save_checkpoint(
                 last, model=model, optimizers=optimizers, schedulers=schedulers, scaler=scaler,
@@ -1259,7 +1282,7 @@ def _train_epochs(
             if dist.is_main:
                 write_json_atomic(metrics_file, records)
         save_last(epoch, step, best)
-        if _any_rank(stop.requested, dist):
+        if epoch < args.epochs and _any_rank(stop.requested, dist):
             log.warning(
                 f"{stop.name}: stopped after epoch {epoch} (last.pt saved); continue with --resume"
             )
