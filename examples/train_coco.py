@@ -11,6 +11,11 @@ Real data (COCO 2014 with ``annotations/instances_{train,val}2014.json``, ``trai
     torchrun --nproc-per-node 8 examples/train_coco.py --coco-root /data/coco --output-dir runs/coco
     # multi-node: torchrun --nnodes 2 --node-rank {0,1} --rdzv-endpoint HOST:PORT ... (same flags)
 
+Your own images (CSV or json lists, VOC 2007, COCO 2017), supervised or zero-shot: see
+``docs/own_data.md``::
+
+    python examples/train_coco.py --train-list train.csv --test-list test.csv --output-dir runs/mine
+
 Writes ``<output-dir>/train.log``, ``<output-dir>/metrics.json`` (one record per evaluation),
 ``<output-dir>/last.pt`` (every epoch; ``--resume`` continues from it) and ``best.pt`` (the
 weights with the best mAP on the validation images held out of train; never chosen on test).

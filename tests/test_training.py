@@ -231,3 +231,132 @@ def test_train_step_benchmark_runs(capsys):
     out = capsys.readouterr().out
     for name in ("bare loop", "script step", "script + checkpoint"):
         assert name in out
+
+
+# ------------------------------------------------------------- runs that are never lost
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "corrupt", "not_zip", "foreign"])
+def test_damaged_checkpoint_gives_one_clear_error(tmp_path, damage):
+    from ram_ot.training import CheckpointError
+
+    m = Toy()
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, model=m, epoch=1)
+    data = path.read_bytes()
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "corrupt":  # same size, bytes flipped inside a stored member
+        i = data.index(b"PK\x03\x04", 10) + 200
+        path.write_bytes(data[:i] + bytes(255 - b for b in data[i : i + 64]) + data[i + 64 :])
+    elif damage == "not_zip":
+        path.write_bytes(b"hello" * 100)
+    else:
+        torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, model=m)
+    msg = str(info.value)
+    assert str(path) in msg and "resume from an intact copy" in msg and info.value.path == str(path)
+    assert isinstance(info.value, ValueError)  # the old `except ValueError` still catches it
+
+
+def test_checkpoint_mode_follows_umask_and_stale_temporaries_are_removed(tmp_path):
+    m = Toy()
+    stale = tmp_path / ".tmp-last.pt-abc123.pt"  # left by a writer killed mid-save
+    stale.write_bytes(b"partial")
+    other = tmp_path / ".tmp-best.pt-xyz.pt"  # another destination's: not ours to remove
+    other.write_bytes(b"partial")
+    old = os.umask(0o027)
+    try:
+        save_checkpoint(tmp_path / "last.pt", model=m, epoch=1)
+    finally:
+        os.umask(old)
+    assert sorted(os.listdir(tmp_path)) == [".tmp-best.pt-xyz.pt", "last.pt"]
+    assert (os.stat(tmp_path / "last.pt").st_mode & 0o777) == 0o640
+
+
+def test_lr_plan_extends_the_schedule_to_the_new_total():
+    from ram_ot.training import LRPlan
+
+    base = CosineWarmup(100, warmup_steps=10)
+    plan = LRPlan(base)
+    assert [plan(t) for t in range(0, 120, 7)] == [base(t) for t in range(0, 120, 7)]
+    plan.replan(60, 200)  # --epochs raised at step 60: 100 -> 200 steps
+    longer = CosineWarmup(200, warmup_steps=10)
+    assert plan(59) == base(59)
+    assert all(plan(t) == longer(t) for t in range(60, 260, 9))  # the plan of the new total
+    assert plan(200) == pytest.approx(base.min_factor) and plan(100) > 100 * base.min_factor
+    # a finished run (at the floor) extended by 50%: back up to the new plan, not at the floor
+    done = LRPlan(CosineWarmup(100, warmup_steps=10))
+    done.replan(100, 150)
+    assert done(100) == pytest.approx(CosineWarmup(150, warmup_steps=10)(100)) and done(100) > 0.2
+    # a base without total_steps: a half cosine from the current factor to its floor
+    generic = LRPlan(lambda t: max(0.1, 1.0 - t / 100))
+    generic.replan(50, 150)
+    f = [generic(t) for t in range(50, 151)]
+    assert f[0] == pytest.approx(0.5) and f[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f, f[1:], strict=False))
+    with pytest.raises(ValueError, match="`total` > `t0`"):
+        plan.replan(80, 80)
+
+
+def test_resume_sampler_skips_the_done_part_in_the_same_order():
+    from torch.utils.data import DistributedSampler
+
+    from ram_ot.training import ResumeSampler
+
+    ds = list(range(20))
+    s = ResumeSampler(DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=3))
+    s.set_epoch(2)
+    full = list(s)
+    s.skip(8)
+    assert list(s) == full[8:] and len(s) == 12
+    s.set_epoch(2)  # a new epoch clears the skip
+    assert list(s) == full and len(s) == 20
+
+
+def test_non_finite_loss_stops_the_epoch_at_its_step():
+    from ram_ot.training import NonFiniteError, train_one_epoch
+
+    m = Toy()
+    opts = build_optimizers(m, lr=1e-2)
+    x = torch.randn(4, 4)
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    batches = [(x, torch.ones(4, 3)), (x, torch.zeros(4, 3)), (bad, torch.ones(4, 3))]
+    with pytest.raises(
+        NonFiniteError, match=r"the loss became nan at step 8 \(train, batch 3\)"
+    ) as e:
+        train_one_epoch(m, batches, ["a", "b", "c"], opts, device="cpu", step=5)
+    assert e.value.step == 8 and e.value.what == "loss"
+
+
+def test_graceful_stop_turns_a_signal_into_a_flag():
+    import signal
+
+    from ram_ot.training import GracefulStop
+
+    before = signal.getsignal(signal.SIGTERM)
+    with GracefulStop() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_non_finite_scores_are_refused_in_evaluation():
+    from types import SimpleNamespace
+
+    from ram_ot.training import NonFiniteError, evaluate_split
+
+    class NaNScores(nn.Module):
+        def forward(self, images, labels):
+            s = torch.rand(images.shape[0], len(labels))
+            s[-1, 0] = float("inf")
+            return SimpleNamespace(scores=s)
+
+    batches = [(torch.zeros(3, 4), torch.ones(3, 2))]
+    with pytest.raises(NonFiniteError, match="the scores became inf in val"):
+        evaluate_split(NaNScores(), batches, ["a", "b"], device="cpu", desc="val")

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import logging
+import math
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -33,16 +35,26 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ram_ot.data import (
     ClassSplit,
     MultiLabelDataset,
+    ZSLDatasets,
     build_transform,
     clip_normalization,
     coco_zsl_datasets,
+    from_csv,
+    from_split_json,
     load_class_split,
     make_demo_coco,
     split_json_zsl_datasets,
+    voc2007,
 )
 from ram_ot.training import (
+    CheckpointError,
     DistInfo,
+    EpochProgress,
+    GracefulStop,
+    LRPlan,
     ModelEMA,
+    NonFiniteError,
+    ResumeSampler,
     ShardSampler,
     all_gather_objects,
     barrier,
@@ -55,6 +67,7 @@ from ram_ot.training import (
     init_distributed,
     load_checkpoint,
     make_grad_scaler,
+    read_checkpoint,
     save_checkpoint,
     seed_everything,
     train_one_epoch,
@@ -62,12 +75,18 @@ from ram_ot.training import (
 
 __all__ = [
     "DEMO",
+    "EXIT_DATA_ERROR",
+    "EXIT_NON_FINITE",
+    "EXIT_OK",
+    "EXIT_SIGNAL_BASE",
     "REAL",
+    "BadImageError",
     "Loaders",
     "TrainData",
     "build_datasets",
     "build_loaders",
     "build_parser",
+    "default_workers",
     "evaluate_record",
     "main",
     "parse_args",
@@ -83,9 +102,33 @@ REAL = {
     "batch_size": 32,
     "lr": 5e-5,
     "eval_every": 3,
-    "workers": 4,
+    "workers": None,  # default_workers()
     "threads": 0,
 }
+
+#: Exit status of :func:`main`: finished (or nothing left to do).
+EXIT_OK = 0
+#: Exit status: an image could not be read while training (without ``--skip-bad-images``).
+EXIT_DATA_ERROR = 1
+#: Exit status: the loss or the scores became NaN / inf (nothing saved after the last good step).
+EXIT_NON_FINITE = 3
+#: Exit status after SIGTERM / SIGINT: ``128 + signal number`` (143, 130), after a resumable
+#: ``last.pt`` was written, as a shell reports a process ended by that signal.
+EXIT_SIGNAL_BASE = 128
+
+
+def default_workers() -> int:
+    """Loader workers per process: what this machine can run, at most 4 (the reference's).
+
+    ``min(4, cpus // local processes - 1)``, at least 0: one core stays with the training
+    process itself. ``cpus`` counts the cores this process may run on (``sched_getaffinity``).
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(4, cpus // local - 1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,22 +232,131 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo-images", type=int, nargs=2, metavar=("TRAIN", "VAL"),
         help="demo data size (default: emoji 600 300, shapes 192 96)",
     )  # fmt: skip
+    _add_run_safety_args(p)
+    _add_own_data_args(p)
     return p
+
+
+def _add_run_safety_args(p: argparse.ArgumentParser) -> None:
+    """Flags that keep a run from being lost or spoiled (docs/training.md, "Runs")."""
+    g = p.add_argument_group("keeping runs safe")
+    g.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the run already in --output-dir (without it, or --resume, a run there is refused)",
+    )  # fmt: skip
+    g.add_argument(
+        "--force", action="store_true",
+        help="with --resume: continue although --lr, batch size, data or model flags changed",
+    )  # fmt: skip
+    g.add_argument(
+        "--save-every", type=int, default=0, metavar="N",
+        help="also write a resumable last.pt every N optimiser steps (0: at epoch ends only)",
+    )  # fmt: skip
+
+
+def _add_own_data_args(p: argparse.ArgumentParser) -> None:
+    """Data sources besides COCO 2014 (docs/own_data.md)."""
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--coco-year", type=int, choices=(2014, 2017),
+        help="with --coco-root: which instances_{train,val}<year>.json to read (default: detected)",
+    )  # fmt: skip
+    g.add_argument(
+        "--train-list",
+        metavar="FILE",
+        help="your own training images: a CSV (path,label1;label2) or split json "
+        '({"images": [[path, [labels]], ...]}, "classes" optional)',
+    )
+    g.add_argument(
+        "--test-list",
+        metavar="FILE",
+        help="with --train-list: the held-out test images, same format",
+    )
+    g.add_argument(
+        "--image-root", metavar="DIR",
+        help="with --train-list: directory of relative image paths (default: each list's directory)",
+    )  # fmt: skip
+    g.add_argument(
+        "--voc-root", metavar="DIR",
+        help="PASCAL VOC 2007 (VOCdevkit/VOC2007 or a parent): train on trainval, test on test",
+    )  # fmt: skip
+    g.add_argument(
+        "--verify-images", action="store_true",
+        help="decode every image's header before training (slower; finds corrupt files up front)",
+    )  # fmt: skip
+    g.add_argument(
+        "--skip-bad-images", action="store_true",
+        help="drop missing / unreadable images (counted in the log) instead of stopping",
+    )  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse `argv` (default ``sys.argv[1:]``) and fill in :data:`DEMO` or :data:`REAL` defaults.
 
-    Exits with a usage error when neither ``--coco-root`` nor ``--demo`` is given.
+    Exits with a usage error (status 2, naming the flag) when a value is out of range, when
+    no data source or more than one is given, or when a flag lacks the flag it works with.
     """
     p = build_parser()
     args = p.parse_args(argv)
     for k, v in (DEMO if args.demo else REAL).items():
         if getattr(args, k) is None:
-            setattr(args, k, v)
-    if not args.demo and not args.coco_root:
-        p.error("--coco-root is required (or --demo)")
+            setattr(args, k, v if v is not None else default_workers())
+    _validate(p, args)
     return args
+
+
+#: (flag, check, what is expected) for every numeric flag; a None value (unset) is not checked.
+_NUMERIC: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("epochs", lambda v: v >= 1, "an integer >= 1"),
+    ("batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("eval_batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("eval_every", lambda v: v >= 1, "an integer >= 1"),
+    ("stop_after", lambda v: v >= 1, "an integer >= 1"),
+    ("save_every", lambda v: v >= 0, "an integer >= 0 (0: off)"),
+    ("workers", lambda v: v >= 0, "an integer >= 0"),
+    ("threads", lambda v: v >= 0, "an integer >= 0 (0: torch's default)"),
+    ("lr", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    ("lr_embeds", lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    ("weight_decay", lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    ("warmup_epochs", lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    ("ema_decay", lambda v: 0 < v < 1, "a number in (0, 1)"),
+    ("val_fraction", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("temperature_local", lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject flag values that would run wrongly (argparse's usage error, exit status 2)."""
+    for name, ok, want in _NUMERIC:
+        v = getattr(args, name, None)
+        if v is not None and not ok(v):
+            p.error(f"argument {_flag(name)}: expected {want}, got {v!r}")
+    for name in ("demo_images", "text_deep_layers"):
+        v = getattr(args, name, None)
+        low = 1 if name == "demo_images" else 0
+        if v is not None and any(x < low for x in v):
+            p.error(f"argument {_flag(name)}: expected integers >= {low}, got {v}")
+    sources = [f for f in ("demo", "coco_root", "train_list", "voc_root") if getattr(args, f)]
+    if not sources:
+        p.error("a data source is required: --coco-root, --train-list, --voc-root (or --demo)")
+    if len(sources) > 1:
+        p.error(f"expected one data source, got {', '.join(_flag(f) for f in sources)}")
+    needs = (
+        ("rewrite_prefix", "split_json"), ("split_json", "coco_root"), ("coco_year", "coco_root"),
+        ("test_list", "train_list"), ("train_list", "test_list"), ("image_root", "train_list"),
+        ("force", "resume"),
+    )  # fmt: skip
+    for flag, req in needs:
+        if getattr(args, flag) and not getattr(args, req):
+            p.error(f"argument {_flag(flag)}: only with {_flag(req)}")
+    if args.resume and args.overwrite:
+        p.error(
+            "argument --overwrite: not with --resume (one continues the run, the other replaces it)"
+        )
 
 
 def setup_logging(output_dir: str, is_main: bool) -> logging.Logger:
@@ -235,25 +387,108 @@ def write_json_atomic(path: str, obj: object) -> None:
 
 
 class TrainData(NamedTuple):
-    """The datasets of a ZSL run.
+    """The datasets of a run: zero-shot (a seen / unseen split) or plain supervised.
 
     Attributes:
-        split: the seen / unseen labels.
+        split: the seen / unseen labels (supervised: every label seen, none unseen).
         train: training images (seen labels), less the validation share.
         val: held-out training images for model selection (test transform), or None.
-        test_zsl: test images with unseen labels, targets over ``split.unseen``.
-        test_gzsl: all test images, targets over ``split.gzsl``.
+        test_zsl: test images with unseen labels, targets over ``split.unseen`` (None when
+            supervised).
+        test_gzsl: all test images, targets over ``split.gzsl`` (None when supervised).
+        test: supervised: the held-out test images over ``split.seen``; None for zero-shot.
     """
 
     split: ClassSplit
     train: MultiLabelDataset
     val: MultiLabelDataset | None
-    test_zsl: MultiLabelDataset
-    test_gzsl: MultiLabelDataset
+    test_zsl: MultiLabelDataset | None
+    test_gzsl: MultiLabelDataset | None
+    test: MultiLabelDataset | None = None
+
+
+def _relabel(
+    ds: MultiLabelDataset, labels: Sequence[str], transform: Any, *, keep_empty: bool
+) -> MultiLabelDataset:
+    """`ds` with targets over `labels` (images without one of them dropped unless `keep_empty`)."""
+    samples = [(path, ds.label_names(i)) for i, path in enumerate(ds.paths)]
+    with warnings.catch_warnings():  # its skip counts were reported when `ds` was read
+        warnings.simplefilter("ignore")
+        return MultiLabelDataset(
+            samples, labels, transform=transform, keep_empty=keep_empty, check_files=False,
+            source=ds.source, skipped=ds.skipped,
+        )  # fmt: skip
+
+
+def _read_list(
+    path: str, root: str | None, *, verify_images: bool, on_error: str
+) -> MultiLabelDataset:
+    """Your own image list: a CSV (UTF-8, with or without BOM) or a split json ("classes" optional)."""
+    base = root if root is not None else os.path.dirname(os.path.abspath(path))
+    common = dict(verify_images=verify_images, on_error=on_error)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"train: image list not found: {path}")
+    if path.lower().endswith(".json"):
+        with open(path, encoding="utf-8-sig") as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"train: {path} is not valid json ({e}).") from None
+        if isinstance(d, dict) and "images" in d and "classes" not in d:
+            # the official repo's files with only "images": the vocabulary is what they use
+            items = d["images"]
+            if not isinstance(items, list) or not all(
+                isinstance(x, (list, tuple)) and len(x) == 2 and isinstance(x[0], str)
+                and isinstance(x[1], list) and all(isinstance(n, str) for n in x[1])
+                for x in items
+            ):  # fmt: skip
+                raise ValueError(
+                    f"train: expected `images` in {path} to be a list of [path, [labels]]."
+                )
+            samples = [(os.path.join(base, p), tuple(dict.fromkeys(n))) for p, n in items]
+            labels = sorted({n for _, names in samples for n in names})
+            return MultiLabelDataset(samples, labels, source=path, **common)
+        return from_split_json(path, base, **common)
+    with open(path, "rb") as f:
+        bom = f.read(3) == b"\xef\xbb\xbf"
+    if not bom:
+        return from_csv(path, base, **common)
+    import tempfile
+
+    # Excel's "CSV UTF-8" starts with a byte-order mark: read a copy without it
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = os.path.join(tmp, os.path.basename(path))
+        with (
+            open(path, encoding="utf-8-sig", newline="") as f,
+            open(copy, "w", encoding="utf-8", newline="") as g,
+        ):
+            g.write(f.read())
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ds = from_csv(copy, base, **common)
+        except (OSError, ValueError) as e:
+            raise type(e)(str(e).replace(copy, path)) from None
+        for w in caught:  # the reader's skip counts, naming the user's file
+            warnings.warn(str(w.message).replace(copy, path), w.category, stacklevel=2)
+    ds.source = path
+    return ds
+
+
+def _coco_year(root: str, year: int | None) -> int:
+    if year is not None:
+        return year
+    for y in (2014, 2017):
+        if os.path.isfile(os.path.join(root, "annotations", f"instances_train{y}.json")):
+            return y
+    raise FileNotFoundError(
+        f"train: no annotations/instances_train2014.json or instances_train2017.json in {root}; "
+        "pass --coco-year, or --split-json for the reference's image lists"
+    )
 
 
 def build_datasets(
-    root: str,
+    root: str | None,
     *,
     image_size: int,
     mean: Sequence[float],
@@ -263,18 +498,37 @@ def build_datasets(
     rewrite_prefix: Sequence[str] | None = None,
     val_fraction: float = 0.1,
     seed: int = 42,
+    coco_year: int | None = None,
+    train_list: str | None = None,
+    test_list: str | None = None,
+    image_root: str | None = None,
+    voc_root: str | None = None,
+    verify_images: bool = False,
+    skip_bad_images: bool = False,
 ) -> TrainData:
-    """COCO-format ZSL datasets with the model's transforms, and a validation share of train.
+    """The datasets of a run with the model's transforms, and a validation share of train.
+
+    Sources, one of: COCO (`root`, 2014 or 2017 layout), the reference's image lists
+    (`split_json`, relative to `root`), your own lists (`train_list` + `test_list`: CSV or
+    split json) or PASCAL VOC 2007 (`voc_root`: trainval / test). With COCO or
+    `split_json` the run is zero-shot; with your own lists or VOC it is plain supervised
+    (every label seen, ``test`` evaluated) unless `split` is given, which makes it
+    zero-shot: training on the seen labels, ZSL / GZSL on the test images.
 
     Args:
-        root: the data set directory (COCO 2014 layout, or the root of `split_json`'s images).
+        root: the COCO directory (or the root of `split_json`'s images); None for the others.
         image_size: the model's input side. mean, std: its normalisation.
-        split: a ``{"seen": [...], "unseen": [...]}`` json file (None: the 48/17 split).
+        split: a ``{"seen": [...], "unseen": [...]}`` json file (COCO default: the 48/17 split).
         split_json: ``(train, zsl, gzsl)`` image-list files of the reference, relative to
             `root`, read instead of the instances files.
         rewrite_prefix: ``(old, new)`` leading part of the listed paths to replace.
         val_fraction: share of train held out for model selection (0: none).
         seed: the seed of the held-out draw.
+        coco_year: 2014 or 2017 (None: the one whose instances files exist).
+        train_list, test_list: your own image lists. image_root: their relative paths' root.
+        voc_root: ``VOCdevkit/VOC2007`` or a parent.
+        verify_images: decode every image's header while reading.
+        skip_bad_images: drop missing / unreadable images (counted in ``skipped``).
 
     Returns:
         :class:`TrainData`.
@@ -283,21 +537,109 @@ def build_datasets(
         "train_transform": build_transform(image_size, train=True, mean=mean, std=std),
         "test_transform": build_transform(image_size, train=False, mean=mean, std=std),
     }
+    common = dict(verify_images=verify_images, on_error="skip" if skip_bad_images else "raise")
+    test = None
     if split_json:
         train_json, zsl_json, gzsl_json = (os.path.join(root, f) for f in split_json)
         data = split_json_zsl_datasets(
             root, train=train_json, test_zsl=zsl_json, test_gzsl=gzsl_json,
-            rewrite_prefix=tuple(rewrite_prefix) if rewrite_prefix else None, **transforms,
+            rewrite_prefix=tuple(rewrite_prefix) if rewrite_prefix else None, **transforms, **common,
         )  # fmt: skip
+    elif train_list or voc_root:
+        if voc_root:
+            tr_all, te_all = (voc2007(voc_root, part, **common) for part in ("trainval", "test"))
+        else:
+            tr_all, te_all = (_read_list(f, image_root, **common) for f in (train_list, test_list))
+        tr_t, te_t = transforms["train_transform"], transforms["test_transform"]
+        known = set(tr_all.labels) | set(te_all.labels)
+        if split:
+            cs = load_class_split(split)
+            missing = [x for x in cs.gzsl if x not in known]
+            if missing:  # allowed (an all-negative column), but likely a typo
+                warnings.warn(
+                    f"train: labels {missing[:5]} of {split} are on no image of "
+                    f"{tr_all.source} or {te_all.source}.",
+                    stacklevel=2,
+                )
+            data = ZSLDatasets(
+                _relabel(tr_all, cs.seen, tr_t, keep_empty=False),
+                _relabel(te_all, cs.unseen, te_t, keep_empty=False),
+                _relabel(te_all, cs.gzsl, te_t, keep_empty=False),
+                cs,
+            )
+        else:
+            cs = ClassSplit.make(sorted(known), [])
+            train_all = _relabel(tr_all, cs.seen, tr_t, keep_empty=True)
+            test = _relabel(te_all, cs.seen, te_t, keep_empty=True)
+            data = ZSLDatasets(train_all, None, None, cs)
     else:
         class_split = load_class_split(split) if split else None
-        data = coco_zsl_datasets(root, split=class_split, **transforms)
+        data = coco_zsl_datasets(
+            root, split=class_split, year=_coco_year(root, coco_year), **transforms, **common
+        )
     train_set, val_set = data.train, None
     if val_fraction > 0:
         train_set, val_set = data.train.split(
-            val_fraction, seed=seed, transform=data.test_gzsl.transform
+            val_fraction, seed=seed, transform=transforms["test_transform"]
         )
-    return TrainData(data.split, train_set, val_set, data.test_zsl, data.test_gzsl)
+    return TrainData(data.split, train_set, val_set, data.test_zsl, data.test_gzsl, test)
+
+
+def _data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :func:`build_datasets` keywords of the data flags."""
+    keys = ("coco_year", "train_list", "test_list", "image_root", "voc_root", "verify_images",
+            "skip_bad_images")  # fmt: skip
+    return {k: getattr(args, k) for k in keys}
+
+
+def _skipped_counts(data: TrainData) -> dict[str, dict[str, int]]:
+    """``{source file: {reason: count}}`` of the images dropped while reading."""
+    out: dict[str, dict[str, int]] = {}
+    for ds in (data.train, data.val, data.test_zsl, data.test_gzsl, data.test):
+        if ds is not None and ds.skipped:
+            out[ds.source or "?"] = dict(ds.skipped)
+    return out
+
+
+def _test_sizes(data: TrainData) -> str:
+    if data.test is not None:
+        return f"test {len(data.test)} images"
+    return f"ZSL test {len(data.test_zsl)}, GZSL test {len(data.test_gzsl)} images"
+
+
+class BadImageError(OSError):
+    """An image that cannot be read while training (without ``--skip-bad-images``)."""
+
+
+class _Images(Dataset):
+    """A dataset whose unreadable images raise :class:`BadImageError`, or with `skip`, are
+    replaced by the next readable item (a warning names each file once)."""
+
+    def __init__(self, ds: Dataset, skip: bool) -> None:
+        self.ds, self.skip, self.bad = ds, skip, set()
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> Any:
+        n = len(self.ds)
+        for k in range(n if self.skip else 1):
+            j = (i + k) % n
+            try:
+                return self.ds[j]
+            except OSError as e:
+                if not self.skip:
+                    raise BadImageError(
+                        f"{e}; pass --skip-bad-images to train past such files, or "
+                        "--verify-images to find them all before training"
+                    ) from None
+                if j not in self.bad:
+                    self.bad.add(j)
+                    warnings.warn(
+                        f"{e} (--skip-bad-images: replaced by the next readable image)",
+                        stacklevel=2,
+                    )
+        raise BadImageError(f"train: no readable image left in {getattr(self.ds, 'source', '')}")
 
 
 class Loaders(NamedTuple):
@@ -305,16 +647,20 @@ class Loaders(NamedTuple):
 
     Attributes:
         train: shuffled training batches of ``batch_size // world_size`` (last partial dropped).
-        sampler: its ``DistributedSampler`` (call ``set_epoch`` before each epoch).
-        zsl, gzsl: the test sets, each image on exactly one rank (:class:`ShardSampler`).
+        sampler: its ``DistributedSampler`` in a :class:`ResumeSampler` (call ``set_epoch``
+            before each epoch; ``skip`` to resume one mid-way).
+        zsl, gzsl: the test sets, each image on exactly one rank (:class:`ShardSampler`);
+            None when supervised.
         val: the validation images, sharded alike, or None.
+        test: supervised: the test images, sharded alike; else None.
     """
 
     train: DataLoader
-    sampler: DistributedSampler
-    zsl: DataLoader
-    gzsl: DataLoader
+    sampler: ResumeSampler
+    zsl: DataLoader | None
+    gzsl: DataLoader | None
     val: DataLoader | None
+    test: DataLoader | None = None
 
 
 def build_loaders(
@@ -325,6 +671,7 @@ def build_loaders(
     eval_batch_size: int | None = None,
     workers: int = 4,
     seed: int = 42,
+    skip_bad_images: bool = False,
 ) -> Loaders:
     """Training and evaluation loaders of `data` for this process.
 
@@ -335,22 +682,31 @@ def build_loaders(
         eval_batch_size: per-process evaluation batch (None: twice the training one).
         workers: loader worker processes per process.
         seed: the seed of the training shuffle.
+        skip_bad_images: an image unreadable while training is replaced by the next readable
+            one (with a warning naming it) instead of stopping with :class:`BadImageError`.
 
     Returns:
         :class:`Loaders`.
 
     Raises:
-        SystemExit: fewer training images per process than one batch.
+        SystemExit: fewer training images per process than one batch, or a global batch
+            smaller than the number of processes.
     """
-    per_rank = max(1, batch_size // dist.world_size)
+    if batch_size < dist.world_size:
+        raise SystemExit(
+            f"train: --batch-size {batch_size} is smaller than the {dist.world_size} processes; "
+            "it is the global batch, split over them."
+        )
+    per_rank = batch_size // dist.world_size
     eval_bs = eval_batch_size or 2 * per_rank
-    sampler = DistributedSampler(
+    sampler = ResumeSampler(DistributedSampler(
         data.train, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed
-    )
+    ))  # fmt: skip
     pin = dist.device.type == "cuda"
     train_loader = DataLoader(
-        data.train, batch_size=per_rank, sampler=sampler, num_workers=workers, drop_last=True, pin_memory=pin,
-        persistent_workers=workers > 0,
+        _Images(data.train, skip_bad_images), batch_size=per_rank, sampler=sampler,
+        num_workers=workers, drop_last=True, pin_memory=pin, persistent_workers=workers > 0,
+        generator=torch.Generator(),  # re-seeded every epoch: no draw from the global RNG
     )  # fmt: skip
     if len(train_loader) == 0:
         raise SystemExit(
@@ -360,12 +716,17 @@ def build_loaders(
     def eval_loader(ds: Dataset) -> DataLoader:
         shard = ShardSampler(len(ds), rank=dist.rank, world_size=dist.world_size)
         return DataLoader(
-            ds, batch_size=eval_bs, sampler=shard, num_workers=workers, pin_memory=pin
-        )
+            _Images(ds, skip_bad_images), batch_size=eval_bs, sampler=shard, num_workers=workers,
+            pin_memory=pin,
+        )  # fmt: skip
 
-    zsl, gzsl = eval_loader(data.test_zsl), eval_loader(data.test_gzsl)
-    val = eval_loader(data.val) if data.val is not None else None
-    return Loaders(train_loader, sampler, zsl, gzsl, val)
+    def maybe(ds: Dataset | None) -> DataLoader | None:
+        return eval_loader(ds) if ds is not None else None
+
+    return Loaders(
+        train_loader, sampler, maybe(data.test_zsl), maybe(data.test_gzsl), maybe(data.val),
+        maybe(data.test),
+    )  # fmt: skip
 
 
 def evaluate_record(
@@ -384,7 +745,7 @@ def evaluate_record(
 
     Returns:
         ``{"val": ..., "zsl": ..., "gzsl": ...}`` of the model (``"val"`` only with a
-        validation loader), with the EMA's under ``"ema"``; each part a
+        validation loader; supervised: ``"test"`` instead of ``"zsl"`` / ``"gzsl"``), with the EMA's under ``"ema"``; each part a
         :meth:`ram_ot.metrics.SplitResult.as_dict`.
     """
     record: dict[str, Any] = {}
@@ -396,11 +757,18 @@ def evaluate_record(
             if loaders.val is not None:
                 v = evaluate_split(model, loaders.val, labels_seen, device=device, amp=amp)
                 res["val"] = v.as_dict()
-            r = evaluate_zsl(
-                model, loaders.zsl, loaders.gzsl, unseen=labels_unseen, gzsl_labels=labels_gzsl,
-                device=device, amp=amp, progress=progress,
-            )  # fmt: skip
-        res["zsl"], res["gzsl"] = r.zsl.as_dict(), r.gzsl.as_dict()
+            if loaders.zsl is not None:
+                r = evaluate_zsl(
+                    model, loaders.zsl, loaders.gzsl, unseen=labels_unseen, gzsl_labels=labels_gzsl,
+                    device=device, amp=amp, progress=progress,
+                )  # fmt: skip
+                res["zsl"], res["gzsl"] = r.zsl.as_dict(), r.gzsl.as_dict()
+            if loaders.test is not None:
+                t = evaluate_split(
+                    model, loaders.test, labels_seen, device=device, amp=amp, progress=progress,
+                    desc="test",
+                )  # fmt: skip
+                res["test"] = t.as_dict()
         if name == "model":
             record.update(res)
         else:
@@ -484,13 +852,148 @@ def _demo_summary(record: dict[str, Any], ref: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: Files of a run in ``--output-dir``; ``--overwrite`` removes them first.
+RUN_FILES = ("last.pt", "metrics.json", "best.pt", "reference.json", "train.log")
+#: Flags whose change on ``--resume`` is harmless: they do not alter what is trained.
+RESUME_SAFE = frozenset(
+    {
+        "output_dir", "resume", "overwrite", "force", "stop_after", "no_progress", "workers",
+        "threads", "device", "eval_batch_size", "eval_every", "save_every", "verify_images",
+        "skip_bad_images",
+    }
+)  # fmt: skip
+
+
+def _prepare_output_dir(
+    p: argparse.ArgumentParser, args: argparse.Namespace, is_main: bool
+) -> None:
+    """Refuse an output dir that holds a run unless ``--resume`` / ``--overwrite``; clear it for the latter."""
+    out = args.output_dir
+    last, metrics = os.path.join(out, "last.pt"), os.path.join(out, "metrics.json")
+    held = [f for f in (last, metrics) if os.path.exists(f)]
+    if held and not (args.resume or args.overwrite):
+        p.error(
+            f"--output-dir {out} already holds a run ({', '.join(os.path.basename(f) for f in held)}): "
+            "pass --resume to continue it, --overwrite to replace it, or choose another --output-dir"
+        )
+    if args.resume and os.path.exists(metrics) and not os.path.exists(last):
+        p.error(
+            f"--resume: {metrics} exists but {last} does not, so the run cannot be continued: "
+            "pass --overwrite to start again, or choose another --output-dir"
+        )
+    barrier()  # every rank has looked before the main one clears anything
+    if args.overwrite and is_main:
+        stale = [os.path.join(out, f) for f in RUN_FILES]
+        stale += glob.glob(os.path.join(glob.escape(out), ".tmp-*"))
+        for f in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f)
+    barrier()
+
+
+def _resume_changes(saved: dict[str, Any], now: dict[str, Any], defaults: dict[str, Any]) -> dict:
+    """``{flag: (old, new)}`` for every flag whose value differs from the saved run's."""
+    out = {}
+    for k in sorted((set(saved) | set(now)) - {"resume", "overwrite", "force"}):
+        old, new = saved.get(k, defaults.get(k)), now.get(k, defaults.get(k))
+        if isinstance(old, tuple):
+            old = list(old)
+        if isinstance(new, tuple):
+            new = list(new)
+        if old != new:
+            out[k] = (old, new)
+    return out
+
+
+def _fmt_changes(changes: dict) -> str:
+    return ", ".join(f"{_flag(k)} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+
+
+def _set_lrs(optimizers: Sequence[torch.optim.Optimizer], schedulers: Sequence[Any]) -> None:
+    """Recompute each group's lr from its scheduler's base lr and factor at the current step."""
+    for o, s in zip(optimizers, schedulers, strict=True):
+        lrs = [b * s.lr_lambdas[i if len(s.lr_lambdas) > 1 else 0](s.last_epoch)
+               for i, b in enumerate(s.base_lrs)]  # fmt: skip
+        for g, lr in zip(o.param_groups, lrs, strict=True):
+            g["lr"] = lr
+        s._last_lr = lrs
+
+
+def _apply_forced(
+    changes: dict, optimizers: Sequence[torch.optim.Optimizer], schedulers: Sequence[Any]
+) -> list[str]:
+    """With ``--force``: make a changed --lr / --lr-embeds / --weight-decay take effect now."""
+    applied = []
+    for o, s in zip(optimizers, schedulers, strict=True):
+        is_sgd = isinstance(o, torch.optim.SGD)
+        key = "lr_embeds" if is_sgd else "lr"
+        if key in changes and changes[key][0]:
+            ratio = changes[key][1] / changes[key][0]
+            s.base_lrs = [b * ratio for b in s.base_lrs]
+            for g in o.param_groups:
+                g["initial_lr"] = g.get("initial_lr", g["lr"]) * ratio
+            applied.append(_flag(key))
+        if "weight_decay" in changes and not is_sgd:
+            for g in o.param_groups:
+                g["weight_decay"] = changes["weight_decay"][1]
+            applied.append("--weight-decay")
+    _set_lrs(optimizers, schedulers)
+    return sorted(set(applied))
+
+
+def _fingerprint(ds: MultiLabelDataset) -> str:
+    """The training images and labels in one short string (to notice changed data on resume)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for i, path in enumerate(ds.paths):
+        h.update(f"{path}\t{';'.join(ds.label_names(i))}\n".encode())
+    return f"{len(ds)} images, sha1 {h.hexdigest()[:12]}"
+
+
+def _non_finite_message(e: NonFiniteError, last_saved: tuple[int, int] | None, last: str) -> str:
+    where = (
+        f"the last good checkpoint is {last} (epoch {last_saved[0]}, step {last_saved[1]}): "
+        "fix the cause, then continue from it with --resume (--force for a changed --lr)"
+        if last_saved is not None
+        else "no checkpoint was written before it: fix the cause and start again with --overwrite"
+    )
+    return (
+        f"training stopped: {e} Nothing was saved after it; {where}. Likely causes: a learning "
+        "rate too high for this data (--lr, --lr-embeds), float16 overflow under --amp (try "
+        "without it), a too small --temperature-local, or broken images or labels (try "
+        "--verify-images)."
+    )
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
+               if isinstance(t, torch.Tensor) and t.is_floating_point())  # fmt: skip
+
+
+def _any_rank(flag: bool, dist: DistInfo) -> bool:
+    """True on every rank when `flag` is True on any (a stop must happen at the same step)."""
+    if not dist.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=dist.device)
+    torch.distributed.all_reduce(t)
+    return bool(t.item() > 0)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run training from the command line `argv` (default ``sys.argv[1:]``); returns 0.
+    """Run training from the command line `argv` (default ``sys.argv[1:]``).
 
     Writes ``<output-dir>/train.log``, ``metrics.json`` (one record per evaluation),
-    ``last.pt`` (every epoch; ``--resume`` continues from it) and ``best.pt`` (the weights
-    with the best validation mAP).
+    ``last.pt`` (every epoch and every ``--save-every`` steps; ``--resume`` continues from
+    it) and ``best.pt`` (the weights with the best validation mAP).
+
+    Returns:
+        The exit status: :data:`EXIT_OK` (0), :data:`EXIT_DATA_ERROR` (1) for an image
+        unreadable while training, :data:`EXIT_NON_FINITE` (3) when the loss or
+        the scores became NaN / inf, ``128 + signum`` (143 for SIGTERM, 130 for SIGINT) after
+        a signal made it save a resumable ``last.pt`` and stop. Usage errors exit with 2.
     """
+    parser = build_parser()
     args = parse_args(argv)
     if (
         args.threads > 0
@@ -498,10 +1001,41 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     dist = init_distributed(device=args.device)
     os.makedirs(args.output_dir, exist_ok=True)
+    _prepare_output_dir(parser, args, dist.is_main)
     log = setup_logging(args.output_dir, dist.is_main)
     progress = dist.is_main and not args.no_progress
+    last = os.path.join(args.output_dir, "last.pt")
+    metrics_file = os.path.join(args.output_dir, "metrics.json")
+    meta = None
+    if args.resume and os.path.isfile(last):
+        try:
+            meta = read_checkpoint(last, map_location="cpu")
+        except CheckpointError as e:
+            log.error(str(e))
+            raise SystemExit(f"train: {e}") from None
+    elif args.resume:
+        log.info(f"--resume: no {last} yet, starting from scratch")
     if args.demo:  # synthetic data + tiny random CLIP: the whole pipeline offline
         _demo_data(args, dist, log)
+
+    changes: dict = {}
+    if meta is not None:
+        saved_args = dict(meta["extra"].get("args") or {})
+        now = dict(vars(args), world_size=dist.world_size)
+        saved_args.setdefault("world_size", meta["extra"].get("world_size", len(meta["rng"])))
+        changes = _resume_changes(saved_args, now, vars(parser.parse_args(["--output-dir", "x"])))
+        unsafe = {k: v for k, v in changes.items() if k not in RESUME_SAFE and k != "epochs"}
+        if unsafe and not args.force:
+            msg = (
+                f"--resume: {last} was trained with other values: {_fmt_changes(unsafe)}. "
+                "Continuing with them is not defined (the optimiser state, the schedule or the "
+                "data order belong to the old values): resume with the original flags, pass "
+                "--force to continue anyway, or start a new run in another --output-dir."
+            )
+            log.error(msg)
+            parser.error(msg)
+        if changes:
+            log.warning(f"--resume with changed flags: {_fmt_changes(changes)}")
 
     from ram_ot.model import build_ram
 
@@ -521,17 +1055,32 @@ def main(argv: list[str] | None = None) -> int:
     data = build_datasets(
         args.coco_root, image_size=model.ladder.image_size, mean=mean, std=std, split=args.split,
         split_json=args.split_json, rewrite_prefix=args.rewrite_prefix, val_fraction=args.val_fraction,
-        seed=args.seed,
+        seed=args.seed, **_data_options(args),
     )  # fmt: skip
     split = data.split
+    skipped = _skipped_counts(data)
     log.info(
         f"{len(split.seen)} seen / {len(split.unseen)} unseen labels; train {len(data.train)}, "
-        f"val {len(data.val) if data.val else 0}, ZSL test {len(data.test_zsl)}, GZSL test {len(data.test_gzsl)} images; "
+        f"val {len(data.val) if data.val else 0}, " + _test_sizes(data) + "; "
         f"{dist.world_size} process(es) on {dist.device}"
     )
+    if skipped:
+        log.warning(f"skipped images while reading the data: {skipped}")
+    train_images = _fingerprint(data.train)
+    if meta is not None and meta["extra"].get("train_images", train_images) != train_images:
+        msg = (
+            f"--resume: the training images differ from those {last} was trained on "
+            f"({meta['extra']['train_images']} -> {train_images}): the data order of the run "
+            "is lost. Resume with the original data, pass --force to continue anyway, or "
+            "start a new run in another --output-dir."
+        )
+        if not args.force:
+            log.error(msg)
+            parser.error(msg)
+        log.warning(msg)
     loaders = build_loaders(
         data, dist, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-        workers=args.workers, seed=args.seed,
+        workers=args.workers, seed=args.seed, skip_bad_images=args.skip_bad_images,
     )  # fmt: skip
 
     reference = None
@@ -550,11 +1099,21 @@ def main(argv: list[str] | None = None) -> int:
         model, lr=args.lr, weight_decay=args.weight_decay, lr_embeds=args.lr_embeds
     )
     steps_per_epoch = len(loaders.train)
+    per_rank = args.batch_size // dist.world_size
+    # the schedule as first planned; a resumed run with other --epochs re-plans it (LRPlan)
+    plan_state = dict(meta["extra"].get("lr_plan") or {}) if meta is not None else {}
+    total_steps = args.epochs * steps_per_epoch
+    plan_total = int(plan_state.get("total", 0)) or (
+        int(saved_args.get("epochs", args.epochs)) * steps_per_epoch if meta else total_steps
+    )
     schedulers = build_schedulers(
         optimizers,
-        total_steps=args.epochs * steps_per_epoch,
+        total_steps=plan_total,
         warmup_steps=round(args.warmup_epochs * steps_per_epoch),
     )
+    lr_plan = LRPlan(schedulers[0].lr_lambdas[0], plan_state.get("replans", ()))
+    for s in schedulers:
+        s.lr_lambdas = [lr_plan] * len(s.base_lrs)
     scaler = make_grad_scaler(dist.device, enabled=args.amp)
     ema = ModelEMA(model, args.ema_decay, warmup=args.demo) if args.ema else None
     train_model = model
@@ -562,37 +1121,132 @@ def main(argv: list[str] | None = None) -> int:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-    last = os.path.join(args.output_dir, "last.pt")
-    metrics_file = os.path.join(args.output_dir, "metrics.json")
     records: list[dict] = []
-    start_epoch, step, best = 0, 0, None
-    if args.resume and os.path.isfile(last):
+    start_epoch, step, best, partial = 0, 0, None, None
+    last_saved: tuple[int, int] | None = None
+    if meta is not None:
         ck = load_checkpoint(
             last, model=model, optimizers=optimizers, schedulers=schedulers, scaler=scaler, ema=ema,
-            map_location=dist.device, rank=dist.rank,
+            map_location=dist.device, rank=dist.rank, state=meta,
         )  # fmt: skip
         start_epoch, step, best = ck.epoch, ck.step, ck.extra.get("best")
-        if ck.extra.get("seed") != args.seed:
-            log.warning(
-                f"resuming a run started with --seed {ck.extra.get('seed')} with --seed {args.seed}"
+        partial = ck.extra.get("partial")
+        last_saved = (start_epoch, step)
+        lr_plan = schedulers[0].lr_lambdas[0]  # restored with the scheduler state
+        for s in schedulers:
+            s.lr_lambdas = [lr_plan] * len(s.base_lrs)
+        planned = lr_plan.replans[-1][1] if lr_plan.replans else plan_total
+        if total_steps != planned and total_steps > step:
+            lr_plan.replan(step, total_steps)
+            log.info(
+                f"--epochs {args.epochs}: the schedule is re-planned from step {step} to end at "
+                f"step {total_steps} (as planned with the new --epochs from the start; docs/training.md)"
             )
+        if args.force and changes:
+            applied = _apply_forced(changes, optimizers, schedulers)
+            if applied:
+                log.warning(f"--force: {', '.join(applied)} take effect from step {step}")
+        _set_lrs(optimizers, schedulers)
         if os.path.isfile(metrics_file):
             with open(metrics_file, encoding="utf-8") as f:
                 records = [r for r in json.load(f) if r["epoch"] <= start_epoch]
-        log.info(f"resumed from {last}: epoch {start_epoch}, step {step}")
-    elif args.resume:
-        log.info(f"--resume: no {last} yet, starting from scratch")
+        at = f", {partial['steps']} steps into epoch {partial['epoch']}" if partial else ""
+        log.info(f"resumed from {last}: epoch {start_epoch}, step {step}{at}")
+        if start_epoch >= args.epochs and not partial:
+            log.info(f"{last} has already trained {start_epoch} epochs (--epochs {args.epochs})")
 
+    def save_last(epoch: int, step: int, best: dict | None, partial: dict | None = None) -> None:
+        nonlocal last_saved
+        if not _all_finite(model):
+            raise NonFiniteError("weights", float("nan"), step, " (not saved)")
+        rng = all_gather_objects(capture_rng_state())
+        if dist.is_main:
+            extra = {
+                "seed": args.seed, "best": best, "args": vars(args), "world_size": dist.world_size,
+                "lr_plan": {"total": plan_total, **lr_plan.state()}, "partial": partial,
+                "train_images": train_images,
+            }  # fmt: skip
+            save_checkpoint(
+                last, model=model, optimizers=optimizers, schedulers=schedulers, scaler=scaler,
+                ema=ema, epoch=epoch, step=step, rng_states=rng, extra=extra,
+            )  # fmt: skip
+        barrier()
+        last_saved = (epoch, step)
+
+    stop = GracefulStop()
+    try:
+        with stop:
+            rc = _train_epochs(
+                args, dist, log, model, train_model, loaders, split, optimizers, schedulers,
+                scaler, ema, records, metrics_file, stop, save_last,
+                start_epoch=start_epoch, step=step, best=best, partial=partial, per_rank=per_rank,
+                progress=progress,
+            )  # fmt: skip
+    except NonFiniteError as e:
+        log.error(_non_finite_message(e, last_saved, last))
+        cleanup_distributed()
+        return EXIT_NON_FINITE
+    except BadImageError as e:  # from a loader worker: the message is the last line
+        msg = str(e).strip().splitlines()[-1].removeprefix("ram_ot.cli.train.BadImageError: ")
+        log.error(f"training stopped: {msg}")
+        cleanup_distributed()
+        return EXIT_DATA_ERROR
+    if rc != EXIT_OK:
+        cleanup_distributed()
+        return rc
+    if reference is not None and records:
+        for line in _demo_summary(records[-1], reference):
+            log.info(line)
+    log.info(f"metrics: {metrics_file}; checkpoint: {last}")
+    cleanup_distributed()
+    return EXIT_OK
+
+
+def _train_epochs(
+    args, dist, log, model, train_model, loaders, split, optimizers, schedulers, scaler, ema,
+    records, metrics_file, stop, save_last, *, start_epoch, step, best, partial, per_rank, progress,
+) -> int:  # fmt: skip
+    """The epochs of :func:`main` (its locals passed through); returns the exit status."""
+    labels = list(split.seen)
     for epoch in range(start_epoch + 1, args.epochs + 1):
         loaders.sampler.set_epoch(epoch)
+        if loaders.train.generator is not None:  # the loader's own seed draw leaves the global
+            loaders.train.generator.manual_seed(args.seed * 100_003 + epoch)  # RNG alone
+        done = None
+        if partial is not None and partial["epoch"] == epoch:
+            loaders.sampler.skip(partial["indices"])
+            done = EpochProgress(partial["steps"], partial["images"], partial["loss_sum"])
+        first = step - (done.steps if done else 0)  # the global step before this epoch
+
+        n_epoch = len(loaders.train) + (done.steps if done else 0)  # batches in this epoch
+
+        def on_step(
+            step: int, epoch_progress: Callable[[], EpochProgress], epoch=epoch, first=first,
+            n_epoch=n_epoch, best=best,
+        ) -> bool:  # fmt: skip
+            halt = _any_rank(stop.requested, dist)
+            mid = step - first < n_epoch  # the epoch's end saves anyway (and evaluates first)
+            if mid and (halt or (args.save_every > 0 and step % args.save_every == 0)):
+                p = epoch_progress()
+                part = {"epoch": epoch, "indices": p.steps * per_rank, **p._asdict()}
+                save_last(epoch - 1, step, best, part)
+            return halt and mid
+
         stats = train_one_epoch(
-            train_model, loaders.train, list(split.seen), optimizers, device=dist.device, schedulers=schedulers,
-            scaler=scaler, ema=ema, amp=args.amp, step=step, progress=progress, desc=f"epoch {epoch}/{args.epochs}",
+            train_model, loaders.train, labels, optimizers, device=dist.device, schedulers=schedulers,
+            scaler=scaler, ema=ema, amp=args.amp, step=step, progress=progress,
+            desc=f"epoch {epoch}/{args.epochs}", done=done, on_step=on_step,
         )  # fmt: skip
-        step = stats.step
+        step, partial = stats.step, None
+        if stats.stopped:
+            log.warning(
+                f"{stop.name}: saved {os.path.join(args.output_dir, 'last.pt')} at step {step} "
+                f"(epoch {epoch}, batch {stats.steps}); continue with --resume"
+            )
+            return EXIT_SIGNAL_BASE + int(stop.signum)
         log.info(
             f"epoch {epoch}: loss {stats.loss:.4f}, {stats.steps} steps, "
-            f"{stats.images * dist.world_size / stats.seconds:.1f} img/s, lr {optimizers[0].param_groups[0]['lr']:.2e}"
+            f"{stats.images * dist.world_size / max(stats.seconds, 1e-9):.1f} img/s, lr {optimizers[0].param_groups[0]['lr']:.2e}"
         )
         if epoch % args.eval_every == 0 or epoch == args.epochs:
             record: dict = {
@@ -627,13 +1281,12 @@ def main(argv: list[str] | None = None) -> int:
             records.append(record)
             if dist.is_main:
                 write_json_atomic(metrics_file, records)
-        rng = all_gather_objects(capture_rng_state())
-        if dist.is_main:
-            save_checkpoint(
-                last, model=model, optimizers=optimizers, schedulers=schedulers, scaler=scaler, ema=ema,
-                epoch=epoch, step=step, rng_states=rng, extra={"seed": args.seed, "best": best, "args": vars(args)},
-            )  # fmt: skip
-        barrier()
+        save_last(epoch, step, best)
+        if epoch < args.epochs and _any_rank(stop.requested, dist):
+            log.warning(
+                f"{stop.name}: stopped after epoch {epoch} (last.pt saved); continue with --resume"
+            )
+            return EXIT_SIGNAL_BASE + int(stop.signum)
         if args.stop_after is not None and epoch >= args.stop_after:
             log.info(f"stopping after epoch {epoch} (--stop-after); continue with --resume")
             break
@@ -641,9 +1294,4 @@ def main(argv: list[str] | None = None) -> int:
         log.info(
             f"best val mAP {100 * best['val_mAP']:.2f} at epoch {best['epoch']} ({best['weights']} weights) -> best.pt"
         )
-    if reference is not None and records:
-        for line in _demo_summary(records[-1], reference):
-            log.info(line)
-    log.info(f"metrics: {metrics_file}; checkpoint: {last}")
-    cleanup_distributed()
-    return 0
+    return EXIT_OK

@@ -13,11 +13,15 @@ What the example scripts share, so that they stay thin, one module per idea:
 * :func:`build_schedulers` — linear warm-up then cosine decay (the reference's timm-style
   ``CosineLRScheduler`` with ``warmup_lr_init = 0.01·lr``, ``lr_min = 0.002·lr``), stepped
   per iteration instead of per epoch (``optim``);
-* :func:`save_checkpoint` (atomic: temporary file + ``os.replace``) and
+* :func:`save_checkpoint` (atomic: temporary file + ``os.replace``),
+  :func:`read_checkpoint` (integrity-checked; :class:`CheckpointError`) and
   :func:`load_checkpoint` — model, optimisers, schedulers, GradScaler, EMA, epoch, step and
   the RNG states (Python, NumPy, torch CPU and CUDA) of every rank (``checkpoint``);
 * :func:`train_step`, :func:`train_one_epoch` (``loop``), :func:`evaluate_zsl` (``evaluate``) —
   the loop bodies; :func:`autocast` and :func:`make_grad_scaler` (``amp``);
+* :class:`ResumeSampler` (mid-epoch resume), :class:`LRPlan` (an extendable schedule),
+  :class:`GracefulStop` (SIGTERM / SIGINT → checkpoint and exit) (``resume``);
+  :class:`NonFiniteError` (NaN / inf loss or scores);
 * a small ``torch.distributed`` helper: :func:`init_distributed` (from ``torchrun``'s
   environment; NCCL on GPUs, Gloo on CPU), :class:`ShardSampler`, :func:`all_gather_objects`
   (``distributed``).
@@ -26,7 +30,13 @@ Every name is re-exported here: import from ``ram_ot.training``.
 """
 
 from ram_ot.training.amp import autocast, make_grad_scaler
-from ram_ot.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ram_ot.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from ram_ot.training.distributed import (
     DistInfo,
     ShardSampler,
@@ -38,16 +48,29 @@ from ram_ot.training.distributed import (
 )
 from ram_ot.training.ema import ModelEMA
 from ram_ot.training.evaluate import evaluate_split, evaluate_zsl
-from ram_ot.training.loop import EpochStats, train_one_epoch, train_step
+from ram_ot.training.loop import (
+    EpochProgress,
+    EpochStats,
+    NonFiniteError,
+    train_one_epoch,
+    train_step,
+)
 from ram_ot.training.optim import CosineWarmup, build_optimizers, build_schedulers
+from ram_ot.training.resume import GracefulStop, LRPlan, ResumeSampler
 from ram_ot.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 __all__ = [
     "Checkpoint",
+    "CheckpointError",
     "CosineWarmup",
     "DistInfo",
+    "EpochProgress",
     "EpochStats",
+    "GracefulStop",
+    "LRPlan",
     "ModelEMA",
+    "NonFiniteError",
+    "ResumeSampler",
     "ShardSampler",
     "all_gather_objects",
     "autocast",
@@ -61,6 +84,7 @@ __all__ = [
     "init_distributed",
     "load_checkpoint",
     "make_grad_scaler",
+    "read_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
     "seed_everything",

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ram_ot.metrics import EvalResult, MultiLabelMetrics, SplitResult
 from ram_ot.training.amp import autocast
 from ram_ot.training.distributed import unwrap
+from ram_ot.training.loop import NonFiniteError
 
 __all__ = ["evaluate_split", "evaluate_zsl"]
 
@@ -41,6 +42,9 @@ def evaluate_split(
 
     Returns:
         :class:`ram_ot.metrics.SplitResult` (the same on every rank).
+
+    Raises:
+        NonFiniteError: a score is NaN or infinite.
     """
     device = torch.device(device)
     was_training = model.training
@@ -58,7 +62,11 @@ def evaluate_split(
             if text is None and hasattr(model, "encode_labels"):
                 text = model.encode_labels(list(labels))  # the label embeddings, once per split
             out = model(images, text if text is not None else list(labels))
-        metrics.update(getattr(out, score).float(), targets)
+        scores = getattr(out, score).float()
+        finite = torch.isfinite(scores)
+        if not bool(finite.all()):
+            raise NonFiniteError("scores", float(scores[~finite][0]), where=f" in {desc}")
+        metrics.update(scores, targets)
     metrics.sync()
     model.train(was_training)
     return metrics.compute()
