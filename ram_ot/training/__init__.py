@@ -12,7 +12,8 @@ What the example scripts share, so that they stay thin, one module per idea:
   optimiser, SGD with momentum 0.9 at 1e-3, for the learnable token embeddings (``optim``);
 * :func:`build_schedulers` — linear warm-up then cosine decay (the reference's timm-style
   ``CosineLRScheduler`` with ``warmup_lr_init = 0.01·lr``, ``lr_min = 0.002·lr``), stepped
-  per iteration instead of per epoch (``optim``);
+  per iteration instead of per epoch, and :func:`build_epoch_schedulers` /
+  :class:`EpochCosine`, the reference's own schedule, set once per epoch (``optim``);
 * :func:`save_checkpoint` (atomic: temporary file + ``os.replace``) and
   :func:`load_checkpoint` — model, optimisers, schedulers, GradScaler, EMA, epoch, step and
   the RNG states (Python, NumPy, torch CPU and CUDA) of every rank (``checkpoint``);
@@ -39,19 +40,27 @@ from ram_ot.training.distributed import (
 from ram_ot.training.ema import ModelEMA
 from ram_ot.training.evaluate import evaluate_split, evaluate_zsl
 from ram_ot.training.loop import EpochStats, train_one_epoch, train_step
-from ram_ot.training.optim import CosineWarmup, build_optimizers, build_schedulers
+from ram_ot.training.optim import (
+    CosineWarmup,
+    EpochCosine,
+    build_epoch_schedulers,
+    build_optimizers,
+    build_schedulers,
+)
 from ram_ot.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 __all__ = [
     "Checkpoint",
     "CosineWarmup",
     "DistInfo",
+    "EpochCosine",
     "EpochStats",
     "ModelEMA",
     "ShardSampler",
     "all_gather_objects",
     "autocast",
     "barrier",
+    "build_epoch_schedulers",
     "build_optimizers",
     "build_schedulers",
     "capture_rng_state",
