@@ -30,7 +30,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ram_ot.backbones.open_clip import resize_positional_embedding
 from ram_ot.data import (
+    REFERENCE_MEAN,
+    REFERENCE_STD,
     ClassSplit,
     MultiLabelDataset,
     build_transform,
@@ -38,7 +41,13 @@ from ram_ot.data import (
     coco_zsl_datasets,
     load_class_split,
     make_demo_coco,
+    read_split_json,
     split_json_zsl_datasets,
+)
+from ram_ot.data.official import (
+    check_training_labels,
+    official_json_zsl_datasets,
+    voc_zsl_datasets,
 )
 from ram_ot.training import (
     DistInfo,
@@ -46,6 +55,7 @@ from ram_ot.training import (
     ShardSampler,
     all_gather_objects,
     barrier,
+    build_epoch_schedulers,
     build_optimizers,
     build_schedulers,
     capture_rng_state,
@@ -59,12 +69,14 @@ from ram_ot.training import (
     seed_everything,
     train_one_epoch,
 )
+from ram_ot.training.presets import PRESETS, get_preset
 
 __all__ = [
     "DEMO",
     "REAL",
     "Loaders",
     "TrainData",
+    "apply_preset",
     "build_datasets",
     "build_loaders",
     "build_parser",
@@ -189,7 +201,96 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo-images", type=int, nargs=2, metavar=("TRAIN", "VAL"),
         help="demo data size (default: emoji 600 300, shapes 192 96)",
     )  # fmt: skip
+    # -- reproduction: presets (ram_ot.training.PRESETS) and the official set-up ----------
+    r = p.add_argument_group("reproduction (the official code's set-up)")
+    r.add_argument(
+        "--preset", choices=sorted(PRESETS),
+        help="a dataset's official settings (see docs/reproduce.md); flags given explicitly win",
+    )  # fmt: skip
+    r.add_argument("--data-root", dest="coco_root", help="the data set directory (= --coco-root)")
+    r.add_argument(
+        "--schedule", choices=("official", "cosine-steps"),
+        help="official: lr set per epoch, 3 warm-up epochs, cosine over --scheduler-epochs; "
+        "cosine-steps: per-iteration cosine over the run (default; presets: official)",
+    )  # fmt: skip
+    r.add_argument("--scheduler-epochs", type=int, help="cosine length of --schedule official (60)")
+    r.add_argument(
+        "--ema-mode", choices=("official", "continuous"),
+        help="official: EMA re-created every epoch, global temperature copied; continuous: one "
+        "EMA for the run (default; presets: official)",
+    )  # fmt: skip
+    r.add_argument(
+        "--normalization", choices=("clip", "reference"),
+        help="pixel mean/std: clip = the model's own (default), reference = 0.5/0.5 (presets)",
+    )  # fmt: skip
+    r.add_argument(
+        "--image-size", type=int,
+        help="input side; other than the model's, its positional embedding is interpolated "
+        "(bilinear, as the official resize_pos_embed)",
+    )  # fmt: skip
+    r.add_argument(
+        "--transfer", choices=("adapter", "frozen"), default="adapter",
+        help="adapter: train adapters, tokens, prompts and temperatures (%(default)s); frozen: "
+        "the official TRANSFER_TYPE freeze_all ablation, only the temperatures train",
+    )  # fmt: skip
     return p
+
+
+def _explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the flags given on the command line (not left at their default)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    for a in parser._actions:  # noqa: SLF001 - a copy of the parser's options without defaults
+        if a.option_strings and not isinstance(a, argparse._HelpAction):  # noqa: SLF001
+            kw = {"dest": a.dest, "default": argparse.SUPPRESS}
+            if a.nargs == 0:
+                kw["action"] = "store_const"
+                kw["const"] = True
+            else:
+                kw["nargs"] = a.nargs
+            probe.add_argument(*a.option_strings, **kw)
+    known, _ = probe.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return set(vars(known))
+
+
+#: ``Preset`` field -> training flag, for :func:`apply_preset`.
+_PRESET_FLAGS = {
+    "text_deep_layers": "text_deep_layers", "temperature_local": "temperature_local", "lr": "lr",
+    "weight_decay": "weight_decay", "lr_embeds": "lr_embeds", "batch_size": "batch_size",
+    "epochs": "epochs", "eval_every": "eval_every", "ema": "ema", "ema_decay": "ema_decay",
+    "ema_mode": "ema_mode", "schedule": "schedule", "warmup_epochs": "warmup_epochs",
+    "scheduler_epochs": "scheduler_epochs", "normalization": "normalization",
+    "image_size": "image_size", "val_fraction": "val_fraction", "model": "model",
+    "pretrained": "pretrained",
+}  # fmt: skip
+
+
+def apply_preset(args: argparse.Namespace, explicit: set[str] = frozenset()) -> None:
+    """Fill `args` from ``--preset`` (flags in `explicit` are kept) and the set-up defaults.
+
+    Without a preset: ``--schedule cosine-steps``, ``--ema-mode continuous``,
+    ``--normalization clip``. ``--schedule official`` warms up 3 epochs unless
+    ``--warmup-epochs`` is given.
+    """
+    args.layout = "instances"
+    if args.preset is not None:
+        preset = get_preset(args.preset)
+        for field, dest in _PRESET_FLAGS.items():
+            if dest not in explicit:
+                value = getattr(preset, field)
+                setattr(args, dest, list(value) if isinstance(value, tuple) else value)
+        args.layout = preset.layout
+        if preset.layout == "split-json" and "split_json" not in explicit:
+            args.split_json = list(preset.files)
+        args.official_json = list(preset.files) if preset.layout == "official-json" else None
+    if args.split_json and args.layout == "instances":
+        args.layout = "split-json"
+    defaults = {"schedule": "cosine-steps", "ema_mode": "continuous", "normalization": "clip"}
+    defaults["scheduler_epochs"] = 60
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.schedule == "official" and "warmup_epochs" not in explicit and args.preset is None:
+        args.warmup_epochs = 3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -199,11 +300,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """
     p = build_parser()
     args = p.parse_args(argv)
+    apply_preset(args, _explicit_flags(p, argv))
     for k, v in (DEMO if args.demo else REAL).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if not args.demo and not args.coco_root:
         p.error("--coco-root is required (or --demo)")
+    if args.preset is not None and get_preset(args.preset).split_required and not args.split:
+        p.error(f"--preset {args.preset}: --split is required: {get_preset(args.preset).notes}")
     return args
 
 
@@ -263,6 +367,9 @@ def build_datasets(
     rewrite_prefix: Sequence[str] | None = None,
     val_fraction: float = 0.1,
     seed: int = 42,
+    official_json: Sequence[str] | None = None,
+    voc: bool = False,
+    check_unseen: bool = False,
 ) -> TrainData:
     """COCO-format ZSL datasets with the model's transforms, and a validation share of train.
 
@@ -275,6 +382,12 @@ def build_datasets(
         rewrite_prefix: ``(old, new)`` leading part of the listed paths to replace.
         val_fraction: share of train held out for model selection (0: none).
         seed: the seed of the held-out draw.
+        official_json: ``(train, test)`` lists of every class (the official repository's
+            MultiScene / MLRSNet / PA100K / RAP files), relative to `root`, read with
+            `split` (required) through :func:`ram_ot.data.official_json_zsl_datasets`.
+        voc: read `root` as PASCAL VOC 2007 (trainval / test) with `split` (required).
+        check_unseen: refuse a `split_json` training list that holds an unseen label
+            (:func:`ram_ot.data.check_training_labels`; the NUS-WIDE preset).
 
     Returns:
         :class:`TrainData`.
@@ -283,8 +396,23 @@ def build_datasets(
         "train_transform": build_transform(image_size, train=True, mean=mean, std=std),
         "test_transform": build_transform(image_size, train=False, mean=mean, std=std),
     }
-    if split_json:
+    if (official_json or voc) and not split:
+        raise ValueError(
+            "build_datasets: expected `split` with `official_json` / `voc`: the open-vocabulary "
+            "split of these data sets is in no public file."
+        )
+    if official_json:
+        train_json, test_json = (os.path.join(root, f) for f in official_json)
+        data = official_json_zsl_datasets(
+            root, train=train_json, test=test_json, split=load_class_split(split),
+            rewrite_prefix=tuple(rewrite_prefix) if rewrite_prefix else None, **transforms,
+        )  # fmt: skip
+    elif voc:
+        data = voc_zsl_datasets(root, split=load_class_split(split), **transforms)
+    elif split_json:
         train_json, zsl_json, gzsl_json = (os.path.join(root, f) for f in split_json)
+        if check_unseen:
+            check_training_labels(train_json, read_split_json(zsl_json)[1])
         data = split_json_zsl_datasets(
             root, train=train_json, test_zsl=zsl_json, test_gzsl=gzsl_json,
             rewrite_prefix=tuple(rewrite_prefix) if rewrite_prefix else None, **transforms,
@@ -516,12 +644,21 @@ def main(argv: list[str] | None = None) -> int:
             temperature_local=args.temperature_local,
         )
     seed_everything(args.seed + dist.rank)  # then different augmentations per rank
+    if args.transfer == "frozen":  # the official freeze_all: adapters, tokens, prompts frozen
+        for part in (model.ladder, model.prompts):
+            part.requires_grad_(False)
+    if args.image_size is not None:  # the official resize_pos_embed (bilinear)
+        resize_positional_embedding(model.clip_model.visual, args.image_size, mode="bilinear")
 
-    mean, std = clip_normalization(model.clip_model)
+    if args.normalization == "reference":  # the official configs' PIXEL_MEAN / PIXEL_STD
+        mean, std = REFERENCE_MEAN, REFERENCE_STD
+    else:
+        mean, std = clip_normalization(model.clip_model)
     data = build_datasets(
         args.coco_root, image_size=model.ladder.image_size, mean=mean, std=std, split=args.split,
         split_json=args.split_json, rewrite_prefix=args.rewrite_prefix, val_fraction=args.val_fraction,
-        seed=args.seed,
+        seed=args.seed, official_json=getattr(args, "official_json", None), voc=args.layout == "voc",
+        check_unseen=args.preset == "nus",
     )  # fmt: skip
     split = data.split
     log.info(
@@ -550,13 +687,20 @@ def main(argv: list[str] | None = None) -> int:
         model, lr=args.lr, weight_decay=args.weight_decay, lr_embeds=args.lr_embeds
     )
     steps_per_epoch = len(loaders.train)
-    schedulers = build_schedulers(
-        optimizers,
-        total_steps=args.epochs * steps_per_epoch,
-        warmup_steps=round(args.warmup_epochs * steps_per_epoch),
-    )
+    if args.schedule == "official":  # lr set per epoch (solver/make_scheduler.py)
+        schedulers = build_epoch_schedulers(
+            optimizers, base_lr=args.lr, steps_per_epoch=steps_per_epoch,
+            warmup_epochs=round(args.warmup_epochs), max_epochs=args.scheduler_epochs,
+        )  # fmt: skip
+    else:
+        schedulers = build_schedulers(
+            optimizers,
+            total_steps=args.epochs * steps_per_epoch,
+            warmup_steps=round(args.warmup_epochs * steps_per_epoch),
+        )
     scaler = make_grad_scaler(dist.device, enabled=args.amp)
-    ema = ModelEMA(model, args.ema_decay, warmup=args.demo) if args.ema else None
+    ema_copy = ("head.temperature_global",) if args.ema_mode == "official" else ()
+    ema = ModelEMA(model, args.ema_decay, warmup=args.demo, copy=ema_copy) if args.ema else None
     train_model = model
     if dist.distributed:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
@@ -585,6 +729,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for epoch in range(start_epoch + 1, args.epochs + 1):
         loaders.sampler.set_epoch(epoch)
+        if ema is not None and args.ema_mode == "official":
+            ema.reset(model)  # the official code builds a new EMA at the start of every epoch
         stats = train_one_epoch(
             train_model, loaders.train, list(split.seen), optimizers, device=dist.device, schedulers=schedulers,
             scaler=scaler, ema=ema, amp=args.amp, step=step, progress=progress, desc=f"epoch {epoch}/{args.epochs}",

@@ -23,6 +23,9 @@ What the example scripts share, so that they stay thin, one module per idea:
   environment; NCCL on GPUs, Gloo on CPU), :class:`ShardSampler`, :func:`all_gather_objects`
   (``distributed``).
 
+:data:`PRESETS` / :func:`get_preset` — the official run settings of every data set of the
+paper, one :class:`Preset` each (``presets``).
+
 Every name is re-exported here: import from ``ram_ot.training``.
 """
 
@@ -47,15 +50,18 @@ from ram_ot.training.optim import (
     build_optimizers,
     build_schedulers,
 )
+from ram_ot.training.presets import PRESETS, Preset, get_preset
 from ram_ot.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 __all__ = [
+    "PRESETS",
     "Checkpoint",
     "CosineWarmup",
     "DistInfo",
     "EpochCosine",
     "EpochStats",
     "ModelEMA",
+    "Preset",
     "ShardSampler",
     "all_gather_objects",
     "autocast",
@@ -67,6 +73,7 @@ __all__ = [
     "cleanup_distributed",
     "evaluate_split",
     "evaluate_zsl",
+    "get_preset",
     "init_distributed",
     "load_checkpoint",
     "make_grad_scaler",
