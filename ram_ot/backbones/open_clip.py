@@ -39,6 +39,7 @@ TINY_MODEL_NAME = "RAM-Tiny-ViT"
 PROXY_MODEL_NAME = "RAM-Proxy-ViT"
 """Name of the proxy CLIP config; its weights ship under the pretrained tag ``"emoji"``."""
 PROXY_PRETRAINED = "emoji"
+"""The pretrained tag of the proxy CLIP's weights shipped with the package."""
 
 _CONFIG_DIR = Path(__file__).resolve().parent
 _REGISTERED = False

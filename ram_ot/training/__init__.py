@@ -23,7 +23,7 @@ What the example scripts share, so that they stay thin, one module per idea:
   environment; NCCL on GPUs, Gloo on CPU), :class:`ShardSampler`, :func:`all_gather_objects`
   (``distributed``).
 
-:data:`PRESETS` / :func:`get_preset` — the official run settings of every data set of the
+``PRESETS`` / :func:`get_preset` — the official run settings of every data set of the
 paper, one :class:`Preset` each (``presets``).
 
 Every name is re-exported here: import from ``ram_ot.training``.

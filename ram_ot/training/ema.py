@@ -48,7 +48,7 @@ class ModelEMA:
             not dominated by the initial weights (off by default, as the reference).
         copy: names of tracked weights that are copied from the model at every update
             instead of averaged (the reference copies its global temperature: for
-            :class:`ram_ot.RAM` pass ``("head.temperature_global",)``). Default none.
+            :class:`ram_ot.model.RAM` pass ``("head.temperature_global",)``). Default none.
 
     Example:
         >>> ema = ModelEMA(model)  # doctest: +SKIP

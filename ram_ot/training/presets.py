@@ -190,7 +190,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
-    """The preset `name` (one of :data:`PRESETS`); ValueError naming the choices otherwise."""
+    """The preset `name` (one of ``PRESETS``); ValueError naming the choices otherwise."""
     if name not in PRESETS:
         raise ValueError(f"get_preset: expected `name` in {sorted(PRESETS)}, got {name!r}.")
     return PRESETS[name]
