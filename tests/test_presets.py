@@ -187,7 +187,10 @@ def test_each_preset_command_runs_on_its_layout(tmp_path, name):
     shadow, live = ck["ema"]["shadow"], ck["model"]
     assert torch.equal(shadow["head.temperature_global"], live["head.temperature_global"])
     assert not torch.equal(shadow["head.temperature_local"], live["head.temperature_local"])
-    assert "val 0," in (out / "train.log").read_text()
+    log = (out / "train.log").read_text()
+    assert "val 0," in log
+    # PIXEL_MEAN = PIXEL_STD = 0.5 of the official configs
+    assert "normalisation reference (mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5))" in log
 
 
 def test_nus_preset_refuses_a_training_list_with_unseen_labels(tmp_path):

@@ -654,6 +654,11 @@ def main(argv: list[str] | None = None) -> int:
         mean, std = REFERENCE_MEAN, REFERENCE_STD
     else:
         mean, std = clip_normalization(model.clip_model)
+    log.info(
+        f"set-up: preset {args.preset}, schedule {args.schedule}, EMA "
+        f"{args.ema_mode if args.ema else 'off'}, normalisation {args.normalization} "
+        f"(mean {tuple(mean)}, std {tuple(std)}), image size {model.ladder.image_size}"
+    )
     data = build_datasets(
         args.coco_root, image_size=model.ladder.image_size, mean=mean, std=std, split=args.split,
         split_json=args.split_json, rewrite_prefix=args.rewrite_prefix, val_fraction=args.val_fraction,
