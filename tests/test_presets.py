@@ -242,3 +242,24 @@ def test_frozen_transfer_trains_only_the_temperatures(tmp_path):
     (adam,) = ck["optimizers"]  # no SGD: the token embeddings are frozen
     assert [len(g["params"]) for g in adam["param_groups"]] == [2]  # the two temperatures
     assert sorted(ck["ema"]["shadow"]) == ["head.temperature_global", "head.temperature_local"]
+
+
+def test_label_smoothing_targets_are_the_officials(tmp_path):
+    from ram_ot.cli.train import SmoothedTargets
+
+    base = [(torch.zeros(3, 2, 2), torch.tensor([1.0, 0.0, 1.0]))]
+    image, target = SmoothedTargets(base)[0]
+    assert target.tolist() == pytest.approx([0.9, 0.1, 0.9]) and len(SmoothedTargets(base)) == 1
+    out = tmp_path / "run"
+    argv = ["--demo", "--demo-world", "shapes", "--demo-images", "16", "8", "--epochs", "1",
+            "--batch-size", "8", "--no-progress", "--label-smoothing", "--output-dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    (record,) = json.loads((out / "metrics.json").read_text())
+    plain = tmp_path / "plain"
+    argv_plain = [a for a in argv if a != "--label-smoothing"]
+    assert main([*argv_plain[:-1], str(plain)]) == 0
+    (record_plain,) = json.loads((plain / "metrics.json").read_text())
+    # same seed, data and weights: only the targets differ, so does the training loss
+    assert (
+        math.isfinite(record["train_loss"]) and record["train_loss"] != record_plain["train_loss"]
+    )

@@ -75,6 +75,7 @@ __all__ = [
     "DEMO",
     "REAL",
     "Loaders",
+    "SmoothedTargets",
     "TrainData",
     "apply_preset",
     "build_datasets",
@@ -233,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="adapter: train adapters, tokens, prompts and temperatures (%(default)s); frozen: "
         "the official TRANSFER_TYPE freeze_all ablation, only the temperatures train",
     )  # fmt: skip
+    r.add_argument(
+        "--label-smoothing", action="store_true",
+        help="train on targets 0.9 / 0.1 instead of 1 / 0 (the official SOLVER.LABEL_SMOOTHING; off)",
+    )  # fmt: skip
     return p
 
 
@@ -309,6 +314,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.preset is not None and get_preset(args.preset).split_required and not args.split:
         p.error(f"--preset {args.preset}: --split is required: {get_preset(args.preset).notes}")
     return args
+
+
+class SmoothedTargets(Dataset):
+    """A training set whose targets are smoothed as the official ``LABEL_SMOOTHING``: 1 -> 0.9, 0 -> 0.1.
+
+    The smoothed targets reach the model as they are (the loss weighs positives by them; the
+    knowledge constraint, which masks exact zeros, is then inactive, as in the official code).
+    """
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
+        image, target = self.base[i]
+        return image, torch.where(target == 1, 0.9, 0.1).to(target.dtype)
 
 
 def setup_logging(output_dir: str, is_main: bool) -> logging.Logger:
@@ -671,6 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         f"val {len(data.val) if data.val else 0}, ZSL test {len(data.test_zsl)}, GZSL test {len(data.test_gzsl)} images; "
         f"{dist.world_size} process(es) on {dist.device}"
     )
+    if args.label_smoothing:
+        data = data._replace(train=SmoothedTargets(data.train))
     loaders = build_loaders(
         data, dist, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         workers=args.workers, seed=args.seed,
