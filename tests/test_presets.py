@@ -151,9 +151,8 @@ def _voc_layout(tmp_path):
             ids.append(image_id)
         (base / "ImageSets" / "Main" / f"{part}.txt").write_text("\n".join(ids) + "\n")
     split = tmp_path / "voc_split.json"
-    split.write_text(json.dumps({
-        "seen": [names[n] for n in data.split.seen], "unseen": [names[n] for n in data.split.unseen],
-    }))  # fmt: skip
+    seen, unseen = [names[n] for n in data.split.seen], [names[n] for n in data.split.unseen]
+    split.write_text(json.dumps({"seen": seen, "unseen": unseen}))
     return str(tmp_path / "VOCdevkit"), ["--split", str(split)]
 
 
@@ -252,7 +251,8 @@ def test_label_smoothing_targets_are_the_officials(tmp_path):
     assert target.tolist() == pytest.approx([0.9, 0.1, 0.9]) and len(SmoothedTargets(base)) == 1
     out = tmp_path / "run"
     argv = ["--demo", "--demo-world", "shapes", "--demo-images", "16", "8", "--epochs", "1",
-            "--batch-size", "8", "--no-progress", "--label-smoothing", "--output-dir", str(out)]  # fmt: skip
+            "--batch-size", "8", "--no-progress", "--label-smoothing", "--output-dir",
+            str(out)]  # fmt: skip
     assert main(argv) == 0
     (record,) = json.loads((out / "metrics.json").read_text())
     plain = tmp_path / "plain"
@@ -263,3 +263,28 @@ def test_label_smoothing_targets_are_the_officials(tmp_path):
     assert (
         math.isfinite(record["train_loss"]) and record["train_loss"] != record_plain["train_loss"]
     )
+
+
+def test_official_schedule_and_ema_resume_exactly(tmp_path):
+    def run(out, *extra):
+        argv = ["--demo", "--demo-world", "shapes", "--demo-images", "24", "8", "--batch-size", "8",
+                "--no-progress", "--epochs", "3", "--eval-every", "3", "--ema", "--schedule",
+                "official", "--ema-mode", "official", "--normalization", "reference",
+                "--val-fraction", "0", "--output-dir", str(out), *extra]  # fmt: skip
+        assert main(argv) == 0
+        return torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+
+    full = run(tmp_path / "full")
+    run(tmp_path / "split", "--stop-after", "1")
+    resumed = run(tmp_path / "split", "--resume")
+    assert full["step"] == resumed["step"] == 3 * (24 // 8)
+    for k, v in full["model"].items():
+        if isinstance(v, torch.Tensor):
+            torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=0)
+    for k, v in full["ema"]["shadow"].items():
+        torch.testing.assert_close(resumed["ema"]["shadow"][k], v, rtol=0, atol=0)
+    # the demo's lr 2e-3: after epoch 3 the optimisers hold epoch 4's official lr
+    head = full["optimizers"][0]["param_groups"][-1]
+    assert head["lr"] == pytest.approx(_official_lr(4, 2e-3, 2e-3), rel=1e-9)
+    # the EMA restarted at epoch 3: 3 updates since, not 9
+    assert full["ema"]["num_updates"] == 24 // 8
