@@ -64,3 +64,46 @@ def test_bad_arguments():
         load_clip(3, pretrained=None)
     with pytest.raises(TypeError, match="visual"):
         wrap_clip(torch.nn.Linear(2, 2))
+
+
+def _bilinear_reference(grid, out_hw):
+    """Half-pixel-centre bilinear resize (align_corners=False), written with numpy.interp.
+
+    grid: (h, w, D). Output pixel i samples source coordinate (i + 0.5)·(in / out) − 0.5,
+    clamped to the grid; bilinear is separable: interpolate along rows, then columns.
+    """
+    import numpy as np
+
+    def axis(a, n_out, dim):
+        n_in = a.shape[dim]
+        x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+        a = np.moveaxis(a, dim, -1)
+        out = np.apply_along_axis(lambda v: np.interp(x, np.arange(n_in), v), -1, a)
+        return np.moveaxis(out, -1, dim)
+
+    g = grid.double().numpy()
+    return torch.from_numpy(axis(axis(g, out_hw[0], 0), out_hw[1], 1))
+
+
+def test_resize_positional_embedding_to_336_is_bilinear_as_the_official():
+    from ram_ot.backbones.open_clip import resize_positional_embedding
+    from ram_ot.model import RAM
+
+    torch.manual_seed(0)
+    clip_model, tok, _ = load_clip(TINY_MODEL_NAME, pretrained=None)
+    visual = clip_model.visual
+    old = visual.positional_embedding.detach().clone()  # (1 + 4*4, W): 32 px, patch 8
+    h, w = visual.grid_size
+    resize_positional_embedding(visual, 336)
+    new = visual.positional_embedding.detach()
+    assert visual.image_size == (336, 336) and visual.grid_size == (42, 42)
+    assert new.shape == (1 + 42 * 42, old.shape[1]) and not new.requires_grad
+    torch.testing.assert_close(new[0], old[0], rtol=0, atol=0)  # class token kept
+    want = _bilinear_reference(old[1:].reshape(h, w, -1), (42, 42)).reshape(42 * 42, -1)
+    torch.testing.assert_close(new[1:].double(), want, rtol=1e-6, atol=1e-6)
+    # the whole model runs at 336: N = 42 * 42 regions
+    model = RAM(clip_model, tok)
+    out = model(torch.randn(1, 3, 336, 336), ["cat", "dog"])
+    assert out.scores.shape == (1, 2) and out.plan.shape[1] == 42 * 42
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        resize_positional_embedding(visual, 330)

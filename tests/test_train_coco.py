@@ -424,6 +424,13 @@ def test_corrupt_image_mid_epoch_skipped_or_clear_error(tmp_path, capsys):
         assert train.main([*argv, "--overwrite", "--verify-images", "--skip-bad-images"]) == 0
     log = (out / "train.log").read_text()
     assert "skipped images while reading the data" in log and "'unreadable_image': 1" in log
+    # the list changed under a run: resuming it is refused
+    lines = Path(files["train"]).read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    Path(files["train"]).write_text("".join(lines[:-1]), encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        train.main([*argv, "--resume", "--verify-images", "--skip-bad-images"])
+    assert e.value.code == 2
+    assert "the training images differ" in (out / "train.log").read_text()
 
 
 def test_resume_from_a_damaged_checkpoint_is_one_clear_error(tmp_path):
@@ -434,10 +441,3 @@ def test_resume_from_a_damaged_checkpoint_is_one_clear_error(tmp_path):
         _script().main([*TINY, "--epochs", "1", "--resume", "--output-dir", str(out)])
     msg = str(e.value.code)
     assert f"cannot resume from {out / 'last.pt'}" in msg and "--overwrite" in msg
-    # the list changed under a run: resuming it is refused
-    lines = Path(files["train"]).read_text(encoding="utf-8-sig").splitlines(keepends=True)
-    Path(files["train"]).write_text("".join(lines[:-1]), encoding="utf-8")
-    with pytest.raises(SystemExit) as e:
-        train.main([*argv, "--resume", "--verify-images", "--skip-bad-images"])
-    assert e.value.code == 2
-    assert "the training images differ" in (out / "train.log").read_text()

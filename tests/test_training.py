@@ -1,5 +1,6 @@
 """ram_ot.training: EMA, optimisers, schedule (against timm's scheduler), checkpoints, RNG, sampler."""
 
+import math
 import os
 import random
 
@@ -10,9 +11,11 @@ from torch import nn
 
 from ram_ot.training import (
     CosineWarmup,
+    EpochCosine,
     ModelEMA,
     ShardSampler,
     all_gather_objects,
+    build_epoch_schedulers,
     build_optimizers,
     build_schedulers,
     capture_rng_state,
@@ -99,6 +102,73 @@ def test_schedulers_step_the_learning_rate():
     assert opts[0].param_groups[1]["lr"] == pytest.approx(
         1e-2 * CosineWarmup(10, warmup_steps=2)(1)
     )
+
+
+def _official_lr(epoch, group_lr, base_lr=5e-5):
+    """The reference's lr in epoch `epoch` (solver/make_scheduler.py, written out by hand)."""
+    w, m = 0.01 * base_lr, 0.002 * base_lr  # warmup_lr_init, lr_min: absolute, every group
+    if epoch < 3:  # WARMUP_EPOCHS
+        return w + epoch * (group_lr - w) / 3
+    return m + 0.5 * (group_lr - m) * (1 + math.cos(math.pi * epoch / 60))  # SCHEDULER_MAX_EPOCHS
+
+
+def test_epoch_schedule_is_the_references_per_epoch_lr():
+    base, spe, epochs = 5e-5, 4, 6
+    opts = build_optimizers(Toy(), lr=base, lr_embeds=1e-3)  # groups: 5e-6, 5e-5 | 1e-3
+    scheds = build_epoch_schedulers(opts, base_lr=base, steps_per_epoch=spe)
+    seen = []
+    for epoch in range(1, epochs + 1):
+        for _ in range(spe):
+            lrs = [g["lr"] for o in opts for g in o.param_groups]
+            seen.append(lrs)
+            want = [_official_lr(epoch, b) for b in (5e-6, 5e-5, 1e-3)]
+            assert lrs == pytest.approx(want, rel=1e-12), epoch
+            for o in opts:
+                o.step()
+            for s in scheds:
+                s.step()
+    # warm-up starts from 5e-7 for every group (epoch 0 of the formula), epoch 1 is a third up
+    assert _official_lr(0, 1e-3) == pytest.approx(5e-7)
+    assert seen[0][2] == pytest.approx(5e-7 + (1e-3 - 5e-7) / 3)
+    # constant within an epoch; over the reference's 6 epochs the lr barely decays
+    assert seen[spe * 5] == seen[spe * 6 - 1]
+    assert seen[-1][1] / base == pytest.approx(0.9755, abs=1e-3)
+
+
+def test_epoch_cosine_matches_timm_stepped_per_epoch():
+    from timm.scheduler import CosineLRScheduler
+
+    base = 5e-5
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-3)
+    ref = CosineLRScheduler(
+        opt, t_initial=60, lr_min=0.002 * base, cycle_mul=1.0, cycle_decay=0.1, warmup_lr_init=0.01 * base,
+        warmup_t=3, cycle_limit=1, t_in_epochs=True,
+    )  # fmt: skip
+    f = EpochCosine(1e-3, steps_per_epoch=7, warmup_lr=0.01 * base, min_lr=0.002 * base)
+    for epoch in range(1, 70):
+        ref.step(epoch)  # the reference steps at the start of each epoch
+        assert f.lr(epoch) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
+        assert 1e-3 * f(7 * (epoch - 1) + 3) == pytest.approx(f.lr(epoch), rel=1e-12)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        EpochCosine(1e-3, steps_per_epoch=0)
+
+
+def test_ema_official_mode_copies_temperature_and_restarts():
+    torch.manual_seed(0)
+    m = Toy()
+    ema = ModelEMA(m, decay=0.9, copy=("temperature",))
+    w0 = m.embeds.detach().clone()
+    with torch.no_grad():
+        m.embeds.add_(1.0)
+        m.temperature.fill_(0.25)
+    ema.update(m)
+    torch.testing.assert_close(ema.shadow["embeds"], 0.9 * w0 + 0.1 * (w0 + 1.0))
+    assert float(ema.shadow["temperature"]) == 0.25  # copied, not 0.9 * 0.5 + 0.1 * 0.25
+    ema.reset(m)  # the reference's new ModelEma at the start of each epoch
+    torch.testing.assert_close(ema.shadow["embeds"], m.embeds.detach())
+    assert ema.num_updates == 0
+    with pytest.raises(ValueError, match="copy"):
+        ModelEMA(m, copy=("no_such_weight",))
 
 
 def test_ema_average_swap_and_state():

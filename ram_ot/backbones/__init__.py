@@ -10,6 +10,7 @@ from ram_ot.backbones.open_clip import (
     TINY_MODEL_NAME,
     freeze,
     load_clip,
+    resize_positional_embedding,
     wrap_clip,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "TINY_MODEL_NAME",
     "freeze",
     "load_clip",
+    "resize_positional_embedding",
     "wrap_clip",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "TINY_MODEL_NAME",
     "freeze",
     "load_clip",
+    "resize_positional_embedding",
     "wrap_clip",
 ]
 
@@ -250,3 +251,54 @@ def wrap_clip(
             context_length = int(getattr(clip_model, "context_length", 77))
             tokenizer = open_clip.SimpleTokenizer(context_length=context_length)
     return freeze(clip_model), tokenizer, _preprocess_for(clip_model)
+
+
+@torch.no_grad()
+def resize_positional_embedding(
+    visual: nn.Module, image_size: int | tuple[int, int], *, mode: str = "bilinear"
+) -> nn.Module:
+    """Let a ViT take `image_size` inputs: interpolate its positional-embedding grid in place.
+
+    As the official code's ``resize_pos_embed`` (``clip/model.py``): the class token's
+    embedding is kept, the ``(h, w)`` grid of patch embeddings is resized to
+    ``(H / patch, W / patch)`` with ``F.interpolate(mode, align_corners=False)`` (bilinear
+    in the official code), and the tower's ``image_size`` / ``grid_size`` are updated.
+
+    Args:
+        visual: an open_clip ``VisionTransformer`` (``clip_model.visual``).
+        image_size: the new input side, or ``(H, W)``; multiples of the patch size.
+        mode: ``"bilinear"`` (official) or ``"bicubic"`` (open_clip's own ``resize_pos_embed``).
+
+    Returns:
+        `visual`, changed in place (a no-op when the grid already has that size).
+    """
+    fn = "resize_positional_embedding"
+    if not hasattr(visual, "positional_embedding") or not hasattr(visual, "conv1"):
+        raise TypeError(
+            f"{fn}: expected an open_clip VisionTransformer, got {type(visual).__name__}."
+        )
+    if mode not in ("bilinear", "bicubic"):
+        raise ValueError(f"{fn}: expected `mode` in ('bilinear', 'bicubic'), got {mode!r}.")
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    patch = tuple(int(p) for p in visual.conv1.kernel_size)
+    if len(size) != 2 or any(int(s) < patch[i] or int(s) % patch[i] for i, s in enumerate(size)):
+        raise ValueError(
+            f"{fn}: expected `image_size` to be a positive multiple of the patch size {patch}, "
+            f"got {image_size!r}."
+        )
+    new_grid = (int(size[0]) // patch[0], int(size[1]) // patch[1])
+    old_grid = tuple(int(g) for g in visual.grid_size)
+    pos = visual.positional_embedding  # (1 + h*w, W)
+    if new_grid != old_grid:
+        cls_tok, grid = pos[:1], pos[1:]
+        width = grid.shape[-1]
+        grid = grid.reshape(1, old_grid[0], old_grid[1], width).permute(0, 3, 1, 2)  # (1, W, h, w)
+        grid = torch.nn.functional.interpolate(
+            grid.float(), size=new_grid, mode=mode, align_corners=False
+        ).to(pos.dtype)
+        grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], width)  # (H*W, W)
+        new = torch.cat([cls_tok, grid], dim=0)
+        visual.positional_embedding = nn.Parameter(new, requires_grad=pos.requires_grad)
+    visual.grid_size = new_grid
+    visual.image_size = (int(size[0]), int(size[1]))
+    return visual

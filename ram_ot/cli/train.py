@@ -32,7 +32,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ram_ot.backbones.open_clip import resize_positional_embedding
 from ram_ot.data import (
+    REFERENCE_MEAN,
+    REFERENCE_STD,
     ClassSplit,
     MultiLabelDataset,
     ZSLDatasets,
@@ -43,8 +46,14 @@ from ram_ot.data import (
     from_split_json,
     load_class_split,
     make_demo_coco,
+    read_split_json,
     split_json_zsl_datasets,
     voc2007,
+)
+from ram_ot.data.official import (
+    check_training_labels,
+    official_json_zsl_datasets,
+    voc_zsl_datasets,
 )
 from ram_ot.training import (
     CheckpointError,
@@ -58,6 +67,7 @@ from ram_ot.training import (
     ShardSampler,
     all_gather_objects,
     barrier,
+    build_epoch_schedulers,
     build_optimizers,
     build_schedulers,
     capture_rng_state,
@@ -72,6 +82,7 @@ from ram_ot.training import (
     seed_everything,
     train_one_epoch,
 )
+from ram_ot.training.presets import PRESETS, get_preset
 
 __all__ = [
     "DEMO",
@@ -82,7 +93,9 @@ __all__ = [
     "REAL",
     "BadImageError",
     "Loaders",
+    "SmoothedTargets",
     "TrainData",
+    "apply_preset",
     "build_datasets",
     "build_loaders",
     "build_parser",
@@ -234,6 +247,42 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_run_safety_args(p)
     _add_own_data_args(p)
+    # -- reproduction: presets (ram_ot.training.PRESETS) and the official set-up ----------
+    r = p.add_argument_group("reproduction (the official code's set-up)")
+    r.add_argument(
+        "--preset", choices=sorted(PRESETS),
+        help="a dataset's official settings (see docs/reproduce.md); flags given explicitly win",
+    )  # fmt: skip
+    r.add_argument("--data-root", dest="coco_root", help="the data set directory (= --coco-root)")
+    r.add_argument(
+        "--schedule", choices=("official", "cosine-steps"),
+        help="official: lr set per epoch, 3 warm-up epochs, cosine over --scheduler-epochs; "
+        "cosine-steps: per-iteration cosine over the run (default; presets: official)",
+    )  # fmt: skip
+    r.add_argument("--scheduler-epochs", type=int, help="cosine length of --schedule official (60)")
+    r.add_argument(
+        "--ema-mode", choices=("official", "continuous"),
+        help="official: EMA re-created every epoch, global temperature copied; continuous: one "
+        "EMA for the run (default; presets: official)",
+    )  # fmt: skip
+    r.add_argument(
+        "--normalization", choices=("clip", "reference"),
+        help="pixel mean/std: clip = the model's own (default), reference = 0.5/0.5 (presets)",
+    )  # fmt: skip
+    r.add_argument(
+        "--image-size", type=int,
+        help="input side; other than the model's, its positional embedding is interpolated "
+        "(bilinear, as the official resize_pos_embed)",
+    )  # fmt: skip
+    r.add_argument(
+        "--transfer", choices=("adapter", "frozen"), default="adapter",
+        help="adapter: train adapters, tokens, prompts and temperatures (%(default)s); frozen: "
+        "the official TRANSFER_TYPE freeze_all ablation, only the temperatures train",
+    )  # fmt: skip
+    r.add_argument(
+        "--label-smoothing", action="store_true",
+        help="train on targets 0.9 / 0.1 instead of 1 / 0 (the official SOLVER.LABEL_SMOOTHING; off)",
+    )  # fmt: skip
     return p
 
 
@@ -290,6 +339,63 @@ def _add_own_data_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the flags given on the command line (not left at their default)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    for a in parser._actions:  # noqa: SLF001 - a copy of the parser's options without defaults
+        if a.option_strings and not isinstance(a, argparse._HelpAction):  # noqa: SLF001
+            kw = {"dest": a.dest, "default": argparse.SUPPRESS}
+            if a.nargs == 0:
+                kw["action"] = "store_const"
+                kw["const"] = True
+            else:
+                kw["nargs"] = a.nargs
+            probe.add_argument(*a.option_strings, **kw)
+    known, _ = probe.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return set(vars(known))
+
+
+#: ``Preset`` field -> training flag, for :func:`apply_preset`.
+_PRESET_FLAGS = {
+    "text_deep_layers": "text_deep_layers", "temperature_local": "temperature_local", "lr": "lr",
+    "weight_decay": "weight_decay", "lr_embeds": "lr_embeds", "batch_size": "batch_size",
+    "epochs": "epochs", "eval_every": "eval_every", "ema": "ema", "ema_decay": "ema_decay",
+    "ema_mode": "ema_mode", "schedule": "schedule", "warmup_epochs": "warmup_epochs",
+    "scheduler_epochs": "scheduler_epochs", "normalization": "normalization",
+    "image_size": "image_size", "val_fraction": "val_fraction", "model": "model",
+    "pretrained": "pretrained",
+}  # fmt: skip
+
+
+def apply_preset(args: argparse.Namespace, explicit: set[str] = frozenset()) -> None:
+    """Fill `args` from ``--preset`` (flags in `explicit` are kept) and the set-up defaults.
+
+    Without a preset: ``--schedule cosine-steps``, ``--ema-mode continuous``,
+    ``--normalization clip``. ``--schedule official`` warms up 3 epochs unless
+    ``--warmup-epochs`` is given.
+    """
+    args.layout = "instances"
+    if args.preset is not None:
+        preset = get_preset(args.preset)
+        for field, dest in _PRESET_FLAGS.items():
+            if dest not in explicit:
+                value = getattr(preset, field)
+                setattr(args, dest, list(value) if isinstance(value, tuple) else value)
+        args.layout = preset.layout
+        if preset.layout == "split-json" and "split_json" not in explicit:
+            args.split_json = list(preset.files)
+        args.official_json = list(preset.files) if preset.layout == "official-json" else None
+    if args.split_json and args.layout == "instances":
+        args.layout = "split-json"
+    defaults = {"schedule": "cosine-steps", "ema_mode": "continuous", "normalization": "clip"}
+    defaults["scheduler_epochs"] = 60
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.schedule == "official" and "warmup_epochs" not in explicit and args.preset is None:
+        args.warmup_epochs = 3
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse `argv` (default ``sys.argv[1:]``) and fill in :data:`DEMO` or :data:`REAL` defaults.
 
@@ -298,10 +404,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """
     p = build_parser()
     args = p.parse_args(argv)
+    apply_preset(args, _explicit_flags(p, argv))
     for k, v in (DEMO if args.demo else REAL).items():
         if getattr(args, k) is None:
             setattr(args, k, v if v is not None else default_workers())
     _validate(p, args)
+    if args.preset is not None and get_preset(args.preset).split_required and not args.split:
+        p.error(f"--preset {args.preset}: --split is required: {get_preset(args.preset).notes}")
     return args
 
 
@@ -351,12 +460,32 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ("force", "resume"),
     )  # fmt: skip
     for flag, req in needs:
+        if flag == "rewrite_prefix" and getattr(args, "official_json", None):
+            continue  # the official json lists of a preset take it too
         if getattr(args, flag) and not getattr(args, req):
             p.error(f"argument {_flag(flag)}: only with {_flag(req)}")
     if args.resume and args.overwrite:
         p.error(
             "argument --overwrite: not with --resume (one continues the run, the other replaces it)"
         )
+
+
+class SmoothedTargets(Dataset):
+    """A training set whose targets are smoothed as the official ``LABEL_SMOOTHING``: 1 -> 0.9, 0 -> 0.1.
+
+    The smoothed targets reach the model as they are (the loss weighs positives by them; the
+    knowledge constraint, which masks exact zeros, is then inactive, as in the official code).
+    """
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
+        image, target = self.base[i]
+        return image, torch.where(target == 1, 0.9, 0.1).to(target.dtype)
 
 
 def setup_logging(output_dir: str, is_main: bool) -> logging.Logger:
@@ -505,6 +634,9 @@ def build_datasets(
     voc_root: str | None = None,
     verify_images: bool = False,
     skip_bad_images: bool = False,
+    official_json: Sequence[str] | None = None,
+    voc: bool = False,
+    check_unseen: bool = False,
 ) -> TrainData:
     """The datasets of a run with the model's transforms, and a validation share of train.
 
@@ -529,6 +661,12 @@ def build_datasets(
         voc_root: ``VOCdevkit/VOC2007`` or a parent.
         verify_images: decode every image's header while reading.
         skip_bad_images: drop missing / unreadable images (counted in ``skipped``).
+        official_json: ``(train, test)`` lists of every class (the official repository's
+            MultiScene / MLRSNet / PA100K / RAP files), relative to `root`, read with
+            `split` (required) through :func:`ram_ot.data.official_json_zsl_datasets`.
+        voc: read `root` as PASCAL VOC 2007 (trainval / test) with `split` (required).
+        check_unseen: refuse a `split_json` training list that holds an unseen label
+            (:func:`ram_ot.data.check_training_labels`; the NUS-WIDE preset).
 
     Returns:
         :class:`TrainData`.
@@ -539,8 +677,23 @@ def build_datasets(
     }
     common = dict(verify_images=verify_images, on_error="skip" if skip_bad_images else "raise")
     test = None
-    if split_json:
+    if (official_json or voc) and not split:
+        raise ValueError(
+            "build_datasets: expected `split` with `official_json` / `voc`: the open-vocabulary "
+            "split of these data sets is in no public file."
+        )
+    if official_json:
+        train_json, test_json = (os.path.join(root, f) for f in official_json)
+        data = official_json_zsl_datasets(
+            root, train=train_json, test=test_json, split=load_class_split(split),
+            rewrite_prefix=tuple(rewrite_prefix) if rewrite_prefix else None, **transforms,
+        )  # fmt: skip
+    elif voc:
+        data = voc_zsl_datasets(root, split=load_class_split(split), **transforms)
+    elif split_json:
         train_json, zsl_json, gzsl_json = (os.path.join(root, f) for f in split_json)
+        if check_unseen:
+            check_training_labels(train_json, read_split_json(zsl_json)[1])
         data = split_json_zsl_datasets(
             root, train=train_json, test_zsl=zsl_json, test_gzsl=gzsl_json,
             rewrite_prefix=tuple(rewrite_prefix) if rewrite_prefix else None, **transforms, **common,
@@ -1050,12 +1203,27 @@ def main(argv: list[str] | None = None) -> int:
             temperature_local=args.temperature_local,
         )
     seed_everything(args.seed + dist.rank)  # then different augmentations per rank
+    if args.transfer == "frozen":  # the official freeze_all: adapters, tokens, prompts frozen
+        for part in (model.ladder, model.prompts):
+            part.requires_grad_(False)
+    if args.image_size is not None:  # the official resize_pos_embed (bilinear)
+        resize_positional_embedding(model.clip_model.visual, args.image_size, mode="bilinear")
 
-    mean, std = clip_normalization(model.clip_model)
+    if args.normalization == "reference":  # the official configs' PIXEL_MEAN / PIXEL_STD
+        mean, std = REFERENCE_MEAN, REFERENCE_STD
+    else:
+        mean, std = clip_normalization(model.clip_model)
+    log.info(
+        f"set-up: preset {args.preset}, schedule {args.schedule}, EMA "
+        f"{args.ema_mode if args.ema else 'off'}, normalisation {args.normalization} "
+        f"(mean {tuple(mean)}, std {tuple(std)}), image size {model.ladder.image_size}"
+    )
     data = build_datasets(
         args.coco_root, image_size=model.ladder.image_size, mean=mean, std=std, split=args.split,
         split_json=args.split_json, rewrite_prefix=args.rewrite_prefix, val_fraction=args.val_fraction,
         seed=args.seed, **_data_options(args),
+        official_json=getattr(args, "official_json", None), voc=args.layout == "voc",
+        check_unseen=args.preset == "nus",
     )  # fmt: skip
     split = data.split
     skipped = _skipped_counts(data)
@@ -1078,6 +1246,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error(msg)
             parser.error(msg)
         log.warning(msg)
+    if args.label_smoothing:
+        data = data._replace(train=SmoothedTargets(data.train))
     loaders = build_loaders(
         data, dist, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         workers=args.workers, seed=args.seed, skip_bad_images=args.skip_bad_images,
@@ -1100,22 +1270,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     steps_per_epoch = len(loaders.train)
     per_rank = args.batch_size // dist.world_size
-    # the schedule as first planned; a resumed run with other --epochs re-plans it (LRPlan)
-    plan_state = dict(meta["extra"].get("lr_plan") or {}) if meta is not None else {}
-    total_steps = args.epochs * steps_per_epoch
-    plan_total = int(plan_state.get("total", 0)) or (
-        int(saved_args.get("epochs", args.epochs)) * steps_per_epoch if meta else total_steps
-    )
-    schedulers = build_schedulers(
-        optimizers,
-        total_steps=plan_total,
-        warmup_steps=round(args.warmup_epochs * steps_per_epoch),
-    )
-    lr_plan = LRPlan(schedulers[0].lr_lambdas[0], plan_state.get("replans", ()))
-    for s in schedulers:
-        s.lr_lambdas = [lr_plan] * len(s.base_lrs)
+    plan_total, total_steps, lr_plan = 0, args.epochs * steps_per_epoch, None
+    if args.schedule == "official":  # lr set per epoch (solver/make_scheduler.py); no re-plan
+        schedulers = build_epoch_schedulers(
+            optimizers, base_lr=args.lr, steps_per_epoch=steps_per_epoch,
+            warmup_epochs=round(args.warmup_epochs), max_epochs=args.scheduler_epochs,
+        )  # fmt: skip
+    else:
+        # the schedule as first planned; a resumed run with other --epochs re-plans it (LRPlan)
+        plan_state = dict(meta["extra"].get("lr_plan") or {}) if meta is not None else {}
+        total_steps = args.epochs * steps_per_epoch
+        plan_total = int(plan_state.get("total", 0)) or (
+            int(saved_args.get("epochs", args.epochs)) * steps_per_epoch if meta else total_steps
+        )
+        schedulers = build_schedulers(
+            optimizers,
+            total_steps=plan_total,
+            warmup_steps=round(args.warmup_epochs * steps_per_epoch),
+        )
+        lr_plan = LRPlan(schedulers[0].lr_lambdas[0], plan_state.get("replans", ()))
+        for s in schedulers:
+            s.lr_lambdas = [lr_plan] * len(s.base_lrs)
     scaler = make_grad_scaler(dist.device, enabled=args.amp)
-    ema = ModelEMA(model, args.ema_decay, warmup=args.demo) if args.ema else None
+    ema_copy = ("head.temperature_global",) if args.ema_mode == "official" else ()
+    ema = ModelEMA(model, args.ema_decay, warmup=args.demo, copy=ema_copy) if args.ema else None
     train_model = model
     if dist.distributed:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
@@ -1132,11 +1310,12 @@ def main(argv: list[str] | None = None) -> int:
         start_epoch, step, best = ck.epoch, ck.step, ck.extra.get("best")
         partial = ck.extra.get("partial")
         last_saved = (start_epoch, step)
-        lr_plan = schedulers[0].lr_lambdas[0]  # restored with the scheduler state
-        for s in schedulers:
-            s.lr_lambdas = [lr_plan] * len(s.base_lrs)
-        planned = lr_plan.replans[-1][1] if lr_plan.replans else plan_total
-        if total_steps != planned and total_steps > step:
+        if lr_plan is not None:
+            lr_plan = schedulers[0].lr_lambdas[0]  # restored with the scheduler state
+            for s in schedulers:
+                s.lr_lambdas = [lr_plan] * len(s.base_lrs)
+        planned = (lr_plan.replans[-1][1] if lr_plan.replans else plan_total) if lr_plan else 0
+        if lr_plan is not None and total_steps != planned and total_steps > step:
             lr_plan.replan(step, total_steps)
             log.info(
                 f"--epochs {args.epochs}: the schedule is re-planned from step {step} to end at "
@@ -1146,7 +1325,8 @@ def main(argv: list[str] | None = None) -> int:
             applied = _apply_forced(changes, optimizers, schedulers)
             if applied:
                 log.warning(f"--force: {', '.join(applied)} take effect from step {step}")
-        _set_lrs(optimizers, schedulers)
+        if lr_plan is not None:
+            _set_lrs(optimizers, schedulers)
         if os.path.isfile(metrics_file):
             with open(metrics_file, encoding="utf-8") as f:
                 records = [r for r in json.load(f) if r["epoch"] <= start_epoch]
@@ -1163,7 +1343,8 @@ def main(argv: list[str] | None = None) -> int:
         if dist.is_main:
             extra = {
                 "seed": args.seed, "best": best, "args": vars(args), "world_size": dist.world_size,
-                "lr_plan": {"total": plan_total, **lr_plan.state()}, "partial": partial,
+                "lr_plan": {"total": plan_total, **lr_plan.state()} if lr_plan else None,
+                "partial": partial,
                 "train_images": train_images,
             }  # fmt: skip
             save_checkpoint(
@@ -1210,6 +1391,8 @@ def _train_epochs(
     labels = list(split.seen)
     for epoch in range(start_epoch + 1, args.epochs + 1):
         loaders.sampler.set_epoch(epoch)
+        if ema is not None and args.ema_mode == "official":
+            ema.reset(model)  # the official code builds a new EMA at the start of every epoch
         if loaders.train.generator is not None:  # the loader's own seed draw leaves the global
             loaders.train.generator.manual_seed(args.seed * 100_003 + epoch)  # RNG alone
         done = None

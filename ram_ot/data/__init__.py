@@ -19,6 +19,11 @@ from ram_ot.data.datasets import (
     voc2007,
 )
 from ram_ot.data.demo import DEMO_CLASSES, DEMO_UNSEEN, DemoDataset, make_demo_coco
+from ram_ot.data.official import (
+    check_training_labels,
+    official_json_zsl_datasets,
+    voc_zsl_datasets,
+)
 from ram_ot.data.splits import ClassSplit, coco_zsl_split, load_class_split
 from ram_ot.data.transforms import (
     CLIP_MEAN,
@@ -42,6 +47,7 @@ __all__ = [
     "MultiLabelDataset",
     "ZSLDatasets",
     "build_transform",
+    "check_training_labels",
     "clip_normalization",
     "coco_zsl_datasets",
     "coco_zsl_split",
@@ -50,8 +56,10 @@ __all__ = [
     "load_class_split",
     "make_demo_coco",
     "nus_wide_zsl_datasets",
+    "official_json_zsl_datasets",
     "read_coco_instances",
     "read_split_json",
     "split_json_zsl_datasets",
     "voc2007",
+    "voc_zsl_datasets",
 ]

@@ -12,7 +12,8 @@ What the example scripts share, so that they stay thin, one module per idea:
   optimiser, SGD with momentum 0.9 at 1e-3, for the learnable token embeddings (``optim``);
 * :func:`build_schedulers` — linear warm-up then cosine decay (the reference's timm-style
   ``CosineLRScheduler`` with ``warmup_lr_init = 0.01·lr``, ``lr_min = 0.002·lr``), stepped
-  per iteration instead of per epoch (``optim``);
+  per iteration instead of per epoch, and :func:`build_epoch_schedulers` /
+  :class:`EpochCosine`, the reference's own schedule, set once per epoch (``optim``);
 * :func:`save_checkpoint` (atomic: temporary file + ``os.replace``),
   :func:`read_checkpoint` (integrity-checked; :class:`CheckpointError`) and
   :func:`load_checkpoint` — model, optimisers, schedulers, GradScaler, EMA, epoch, step and
@@ -25,6 +26,9 @@ What the example scripts share, so that they stay thin, one module per idea:
 * a small ``torch.distributed`` helper: :func:`init_distributed` (from ``torchrun``'s
   environment; NCCL on GPUs, Gloo on CPU), :class:`ShardSampler`, :func:`all_gather_objects`
   (``distributed``).
+
+``PRESETS`` / :func:`get_preset` — the official run settings of every data set of the
+paper, one :class:`Preset` each (``presets``).
 
 Every name is re-exported here: import from ``ram_ot.training``.
 """
@@ -55,32 +59,44 @@ from ram_ot.training.loop import (
     train_one_epoch,
     train_step,
 )
-from ram_ot.training.optim import CosineWarmup, build_optimizers, build_schedulers
+from ram_ot.training.optim import (
+    CosineWarmup,
+    EpochCosine,
+    build_epoch_schedulers,
+    build_optimizers,
+    build_schedulers,
+)
+from ram_ot.training.presets import PRESETS, Preset, get_preset
 from ram_ot.training.resume import GracefulStop, LRPlan, ResumeSampler
 from ram_ot.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 __all__ = [
+    "PRESETS",
     "Checkpoint",
     "CheckpointError",
     "CosineWarmup",
     "DistInfo",
+    "EpochCosine",
     "EpochProgress",
     "EpochStats",
     "GracefulStop",
     "LRPlan",
     "ModelEMA",
     "NonFiniteError",
+    "Preset",
     "ResumeSampler",
     "ShardSampler",
     "all_gather_objects",
     "autocast",
     "barrier",
+    "build_epoch_schedulers",
     "build_optimizers",
     "build_schedulers",
     "capture_rng_state",
     "cleanup_distributed",
     "evaluate_split",
     "evaluate_zsl",
+    "get_preset",
     "init_distributed",
     "load_checkpoint",
     "make_grad_scaler",

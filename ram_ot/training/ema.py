@@ -1,13 +1,16 @@
 """Exponential moving average of the trained weights (the reference's ``EMA_DECAY``).
 
-Created once for the whole run: the reference re-creates it at every epoch, which restarts
-the average from the current weights; we keep one.
+By default created once for the whole run. The reference (``processor.py``,
+``utils/model_utils.py``) re-creates it at the start of every epoch, which restarts the
+average from the current weights, and copies the model's global temperature into the
+average at every update instead of averaging it; :meth:`ModelEMA.reset` and the `copy`
+argument reproduce that (``--ema-mode official`` of the training script).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -43,6 +46,9 @@ class ModelEMA:
         decay: the reference's ``EMA_DECAY`` 0.9997 by default.
         warmup: use ``min(decay, (1 + n) / (10 + n))`` at update n, so that short runs are
             not dominated by the initial weights (off by default, as the reference).
+        copy: names of tracked weights that are copied from the model at every update
+            instead of averaged (the reference copies its global temperature: for
+            :class:`ram_ot.model.RAM` pass ``("head.temperature_global",)``). Default none.
 
     Example:
         >>> ema = ModelEMA(model)  # doctest: +SKIP
@@ -51,9 +57,18 @@ class ModelEMA:
         ...     evaluate(model)
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9997, *, warmup: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        decay: float = 0.9997,
+        *,
+        warmup: bool = False,
+        copy: Sequence[str] = (),
+    ) -> None:
         if not 0.0 <= float(decay) < 1.0:
             raise ValueError(f"ModelEMA: expected `decay` in [0, 1), got {decay!r}.")
+        if isinstance(copy, str):
+            raise TypeError(f"ModelEMA: expected `copy` to be a sequence of names, got {copy!r}.")
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.num_updates = 0
@@ -62,6 +77,13 @@ class ModelEMA:
         if not params:
             raise ValueError("ModelEMA: expected a model with trainable parameters, got none.")
         self.param_names, self.buffer_names = params, buffers
+        unknown = [n for n in copy if n not in set(params) | set(buffers)]
+        if unknown:
+            raise ValueError(
+                f"ModelEMA: expected `copy` to name tracked weights, got {unknown} (tracked: "
+                f"{(params + buffers)[:8]}...)."
+            )
+        self.copy_names = tuple(copy)
         tensors = self._tensors(model)
         self.shadow: dict[str, Tensor] = {n: t.detach().clone() for n, t in tensors.items()}
 
@@ -87,7 +109,16 @@ class ModelEMA:
         shadow = list(self.shadow.values())
         new = [cur[n].detach().to(s.dtype) for n, s in self.shadow.items()]
         torch._foreach_lerp_(shadow, new, 1.0 - d)  # s += (1 - d) (w - s)
+        for n in self.copy_names:
+            self.shadow[n].copy_(cur[n].detach())
         self.num_updates += 1
+
+    @torch.no_grad()
+    def reset(self, model: nn.Module) -> None:
+        """Restart the average from `model`'s current weights (the reference does so each epoch)."""
+        for n, t in self._tensors(model).items():
+            self.shadow[n].copy_(t.detach())
+        self.num_updates = 0
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

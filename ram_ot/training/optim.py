@@ -3,7 +3,9 @@
 AdamW over the adapters (``lr × 0.1``) and the head temperatures (``lr``), SGD with momentum
 0.9 at 1e-3 over the learnable token embeddings; linear warm-up then cosine decay (the
 reference's timm-style ``CosineLRScheduler`` with ``warmup_lr_init = 0.01·lr``,
-``lr_min = 0.002·lr``), stepped per iteration instead of per epoch.
+``lr_min = 0.002·lr``), stepped per iteration instead of per epoch (:class:`CosineWarmup`), or
+the reference's own epoch-stepped schedule (:class:`EpochCosine`: 3 warm-up epochs from
+``0.01·BASE_LR`` for every group, cosine over ``SCHEDULER_MAX_EPOCHS = 60``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from torch import nn
 from ram_ot._checks import check_positive
 from ram_ot.training.distributed import unwrap
 
-__all__ = ["CosineWarmup", "build_optimizers", "build_schedulers"]
+__all__ = [
+    "CosineWarmup",
+    "EpochCosine",
+    "build_epoch_schedulers",
+    "build_optimizers",
+    "build_schedulers",
+]
 
 
 def build_optimizers(
@@ -128,3 +136,118 @@ def build_schedulers(
         total_steps, warmup_steps=warmup_steps, warmup_init=warmup_init, min_factor=min_factor
     )
     return [torch.optim.lr_scheduler.LambdaLR(o, sched) for o in optimizers]
+
+
+class EpochCosine:
+    """The reference's schedule for one parameter group: constant within an epoch, set per epoch.
+
+    The reference (``solver/make_scheduler.py``, ``processor.py``) builds a timm-style cosine
+    scheduler with ``t_initial = SCHEDULER_MAX_EPOCHS`` (60), ``warmup_t = WARMUP_EPOCHS`` (3),
+    ``warmup_lr_init = 0.01·BASE_LR``, ``lr_min = 0.002·BASE_LR`` (both absolute, the same for
+    every group and both optimisers), ``cycle_limit = 1``, and calls ``step(epoch)`` at the
+    start of epoch ``e = 1, 2, ...``. The lr of a group whose configured lr is ``b`` is then,
+    during epoch ``e``:
+
+    ``lr(e) = w + e·(b − w)/E_w`` for ``e < E_w``, else
+    ``m + ½(b − m)(1 + cos(π·e/E))`` for ``e < E``, else ``m`` —
+
+    with ``w`` = `warmup_lr`, ``m`` = `min_lr`, ``E_w`` = `warmup_epochs`, ``E`` = `max_epochs`.
+    Over the reference's 6 training epochs this barely decays (``lr(6) ≈ 0.976·b``).
+
+    Used as a ``LambdaLR`` factor stepped once per optimiser step (as :func:`train_step`
+    does): step ``t`` (from 0) belongs to epoch ``1 + t // steps_per_epoch``.
+
+    Args:
+        base_lr: b, the group's configured lr (> 0).
+        steps_per_epoch: optimiser steps per epoch (>= 1).
+        warmup_epochs: E_w (``WARMUP_EPOCHS`` 3; 0 = none).
+        max_epochs: E (``SCHEDULER_MAX_EPOCHS`` 60).
+        warmup_lr: w, absolute (the reference: ``0.01·BASE_LR`` = 5e-7).
+        min_lr: m, absolute (the reference: ``0.002·BASE_LR`` = 1e-7).
+    """
+
+    def __init__(
+        self,
+        base_lr: float,
+        *,
+        steps_per_epoch: int,
+        warmup_epochs: int = 3,
+        max_epochs: int = 60,
+        warmup_lr: float = 5e-7,
+        min_lr: float = 1e-7,
+    ) -> None:
+        fn = "EpochCosine"
+        check_positive(fn, "base_lr", base_lr)
+        if int(steps_per_epoch) < 1:
+            raise ValueError(f"{fn}: expected `steps_per_epoch` >= 1, got {steps_per_epoch!r}.")
+        if int(warmup_epochs) < 0:
+            raise ValueError(f"{fn}: expected `warmup_epochs` >= 0, got {warmup_epochs!r}.")
+        if int(max_epochs) < 1:
+            raise ValueError(f"{fn}: expected `max_epochs` >= 1, got {max_epochs!r}.")
+        if warmup_lr < 0 or min_lr < 0:
+            raise ValueError(
+                f"{fn}: expected `warmup_lr` and `min_lr` >= 0, got {warmup_lr!r}, {min_lr!r}."
+            )
+        self.base_lr, self.steps_per_epoch = float(base_lr), int(steps_per_epoch)
+        self.warmup_epochs, self.max_epochs = int(warmup_epochs), int(max_epochs)
+        self.warmup_lr, self.min_lr = float(warmup_lr), float(min_lr)
+
+    def lr(self, epoch: int) -> float:
+        """The lr during (1-based) `epoch`."""
+        e = int(epoch)
+        if e < self.warmup_epochs:
+            return self.warmup_lr + e * (self.base_lr - self.warmup_lr) / self.warmup_epochs
+        if e >= self.max_epochs:  # cycle_limit = 1: the cycle is over
+            return self.min_lr
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (
+            1.0 + math.cos(math.pi * e / self.max_epochs)
+        )
+
+    def __call__(self, t: int) -> float:
+        return self.lr(1 + int(t) // self.steps_per_epoch) / self.base_lr
+
+
+def build_epoch_schedulers(
+    optimizers: Sequence[torch.optim.Optimizer],
+    *,
+    base_lr: float,
+    steps_per_epoch: int,
+    warmup_epochs: int = 3,
+    max_epochs: int = 60,
+    warmup_init: float = 0.01,
+    min_factor: float = 0.002,
+) -> list[torch.optim.lr_scheduler.LambdaLR]:
+    """The reference's epoch schedule (:class:`EpochCosine`) for every group of every optimiser.
+
+    Warm-up start and floor are absolute and shared by all groups, as in the reference:
+    ``warmup_lr = warmup_init·base_lr`` and ``min_lr = min_factor·base_lr``, where `base_lr`
+    is the run's ``BASE_LR`` (not the group's lr: the adapters' ``0.1·lr`` group and the SGD
+    token group also warm up from ``0.01·BASE_LR``). Call ``.step()`` after each optimiser
+    step (the lr changes only at epoch boundaries).
+
+    Args:
+        optimizers: e.g. from :func:`build_optimizers`.
+        base_lr: the run's base lr (``BASE_LR`` 5e-5).
+        steps_per_epoch, warmup_epochs, max_epochs: see :class:`EpochCosine`.
+        warmup_init: ``warmup_lr / base_lr`` (0.01).
+        min_factor: ``min_lr / base_lr`` (0.002).
+
+    Returns:
+        One ``LambdaLR`` per optimiser, with one :class:`EpochCosine` per group.
+    """
+    check_positive("build_epoch_schedulers", "base_lr", base_lr)
+    out = []
+    for o in optimizers:
+        lambdas = [
+            EpochCosine(
+                g["lr"],
+                steps_per_epoch=steps_per_epoch,
+                warmup_epochs=warmup_epochs,
+                max_epochs=max_epochs,
+                warmup_lr=warmup_init * base_lr,
+                min_lr=min_factor * base_lr,
+            )
+            for g in o.param_groups
+        ]
+        out.append(torch.optim.lr_scheduler.LambdaLR(o, lambdas))
+    return out
