@@ -71,6 +71,7 @@ __all__ = [
     "presence_features",
     "presence_probability",
     "save_tagger",
+    "write_trained_tagger",
 ]
 
 FORMAT = "ram-ot-tagger"
@@ -393,6 +394,52 @@ def save_tagger(
     torch.save(state, tmp)
     os.replace(tmp, path)
     return path
+
+
+def write_trained_tagger(
+    model: Any,
+    path: str | os.PathLike,
+    *,
+    labels: Sequence[str],
+    val_dataset: Any = None,
+    pretrained: str | os.PathLike | None,
+    train_args: Any = None,
+    batch_size: int = 64,
+) -> Path:
+    """Write the tagger file of a training run: the model, calibrated on its validation split.
+
+    Builds ``Tagger(model, labels)`` with the CLIP identity (``model.config["model_name"]``,
+    `pretrained`, fp32), fits the presence model and thresholds on `val_dataset` when given
+    (:meth:`Tagger.calibrate` over the dataset's own labels, the seen labels of a ZSL run),
+    and saves it (:func:`save_tagger`). The model is put in eval mode.
+
+    Args:
+        model: the trained :class:`~ram_ot.model.RAM`.
+        path: the output file (conventionally ``tagger.pt``).
+        labels: the training vocabulary (the default labels of :meth:`Tagger.predict`).
+        val_dataset: yields ``(image, target (C,))`` with a ``.labels`` attribute (e.g. the
+            held-out training images); None writes an uncalibrated tagger.
+        pretrained: where the CLIP weights came from, as given to
+            :func:`~ram_ot.model.build_ram` (open_clip tag, local file, or None: random).
+        train_args: the training arguments (dict or ``argparse.Namespace``).
+        batch_size: images per forward pass of the calibration.
+
+    Returns:
+        The path written.
+    """
+    fn = "write_trained_tagger"
+    if val_dataset is not None and getattr(val_dataset, "labels", None) is None:
+        raise ValueError(
+            f"{fn}: expected `val_dataset` with a `.labels` attribute (the labels of its "
+            f"targets), got {type(val_dataset).__name__}."
+        )
+    clip = {"model_name": model.config.get("model_name") if hasattr(model, "config") else None,
+            "pretrained": None if pretrained is None else os.fspath(pretrained),
+            "precision": "fp32"}  # fmt: skip
+    tagger = Tagger(model, labels, clip=clip, train_args=train_args)
+    if val_dataset is not None:
+        tagger.calibrate(val_dataset, batch_size=batch_size, progress=False)
+    return tagger.save(path)
 
 
 def _read(path: str | os.PathLike) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from ram_ot.tagger import (
     presence_features,
     presence_probability,
     save_tagger,
+    write_trained_tagger,
 )
 
 
@@ -228,3 +229,45 @@ def test_calibration_dict_round_trip():
     assert back.labels == cal.labels and back.default_threshold == 0.4
     torch.testing.assert_close(back.thresholds, cal.thresholds, equal_nan=True)
     assert list(itertools.chain(back.threshold_for(["b", "a", "z"]).tolist())) == [0.4, 0.2, 0.4]
+
+
+class _Val:
+    """A minimal validation split: (image, target) pairs with ``.labels``."""
+
+    def __init__(self, images, targets, labels):
+        self.items, self.labels = list(zip(images, targets, strict=True)), labels
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_write_trained_tagger_calibrates_on_val_and_records_the_clip(model, images, tmp_path):
+    targets = torch.zeros(len(images), len(LABELS))
+    targets[torch.arange(len(images)), torch.arange(len(images)) % len(LABELS)] = 1
+    val = _Val(images, targets, LABELS[:3] + ["purple star"])  # the val split's own labels
+    path = write_trained_tagger(
+        model, tmp_path / "tagger.pt", labels=LABELS, val_dataset=val, pretrained=None,
+        train_args={"epochs": 1}, batch_size=2,
+    )  # fmt: skip
+    state = torch.load(path, weights_only=True)
+    assert state["labels"] == LABELS and state["train_args"] == {"epochs": 1}
+    assert state["clip"]["model_name"] == TINY_MODEL_NAME and state["clip"]["pretrained"] is None
+    assert state["calibration"]["labels"] == val.labels
+    # the same calibration as Tagger.calibrate on the same split (batching does not change it)
+    expected = Tagger(model, LABELS).calibrate(val, batch_size=5)
+    torch.testing.assert_close(state["calibration"]["weights"], expected.weights, rtol=1e-4, atol=1e-6)
+    loaded = Tagger.load(path, device="cpu")
+    assert loaded.calibration is not None and loaded.predict(images[:2]) == Tagger(
+        model, LABELS, calibration=loaded.calibration
+    ).predict(images[:2])
+
+
+def test_write_trained_tagger_without_val_is_uncalibrated_and_checks_val(model, images, tmp_path):
+    path = write_trained_tagger(model, tmp_path / "t.pt", labels=LABELS, pretrained=None)
+    assert torch.load(path, weights_only=True)["calibration"] is None
+    with pytest.raises(ValueError, match="val_dataset"):
+        write_trained_tagger(model, tmp_path / "u.pt", labels=LABELS, pretrained=None,
+                             val_dataset=[(images[0], torch.ones(4))])  # fmt: skip
