@@ -65,6 +65,10 @@ def _needs(model_name: str, pretrained: str | None, cache_dir: str | None) -> tu
         return None
     if pretrained is None:
         return None
+    from ram_ot.backbones.open_clip import PROXY_MODEL_NAME, PROXY_PRETRAINED
+
+    if model_name == PROXY_MODEL_NAME and pretrained == PROXY_PRETRAINED:
+        return None  # shipped with the package
     from ram_ot.backbones.open_clip import _looks_like_path
 
     if _looks_like_path(pretrained) or os.path.isfile(pretrained):

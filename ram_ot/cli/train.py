@@ -1006,7 +1006,7 @@ def _demo_summary(record: dict[str, Any], ref: dict[str, Any]) -> list[str]:
 
 
 #: Files of a run in ``--output-dir``; ``--overwrite`` removes them first.
-RUN_FILES = ("last.pt", "metrics.json", "best.pt", "reference.json", "train.log")
+RUN_FILES = ("last.pt", "metrics.json", "best.pt", "reference.json", "train.log", "tagger.pt")
 #: Flags whose change on ``--resume`` is harmless: they do not alter what is trained.
 RESUME_SAFE = frozenset(
     {
@@ -1378,9 +1378,29 @@ def main(argv: list[str] | None = None) -> int:
     if reference is not None and records:
         for line in _demo_summary(records[-1], reference):
             log.info(line)
+    if dist.is_main and args.epochs > 0 and (args.stop_after is None or args.stop_after >= args.epochs):
+        tagger = _write_tagger(args, model, ema, data, split, log)
+        log.info(f"tagger: {tagger} (ram-ot tag --checkpoint {tagger} IMAGES ...)")
     log.info(f"metrics: {metrics_file}; checkpoint: {last}")
     cleanup_distributed()
     return EXIT_OK
+
+
+def _write_tagger(args, model, ema, data, split, log) -> str:
+    """``<output-dir>/tagger.pt``: the final weights (the EMA's with ``--ema``) as one tagger file,
+    calibrated on the validation images when there are some (docs/tagger.md)."""
+    from ram_ot.tagger import write_trained_tagger
+
+    path = os.path.join(args.output_dir, "tagger.pt")
+    pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
+    with ema.swapped(model) if ema is not None else contextlib.nullcontext():
+        write_trained_tagger(
+            model, path, labels=list(split.seen), val_dataset=data.val, pretrained=pretrained,
+            train_args=vars(args),
+        )  # fmt: skip
+    if data.val is None:
+        log.info("tagger: no validation images (--val-fraction 0), so no calibrated thresholds")
+    return path
 
 
 def _train_epochs(

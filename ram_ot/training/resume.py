@@ -33,12 +33,13 @@ class ResumeSampler(Sampler):
         self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Start epoch `epoch`: passed on to the wrapped sampler; clears the skip."""
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
         self._skip = 0
 
     def skip(self, n: int) -> None:
-        """Drop the first `n` indices of the current epoch (after :meth:`set_epoch`)."""
+        """Drop the first `n` indices of the current epoch (call it after ``set_epoch``)."""
         if int(n) < 0:
             raise ValueError(f"ResumeSampler.skip: expected `n` >= 0, got {n!r}.")
         self._skip = int(n)
