@@ -147,7 +147,11 @@ class LocalAdapter(nn.Module):
         in_dtype = tokens.dtype
         p_dtype = self.out.weight.dtype
         cls, x = tokens[:, :1], tokens[:, 1:].to(p_dtype)
-        x = x.transpose(1, 2).reshape(B, self.width, h, w)  # (B, H*W, width) -> (B, width, H, W)
+        # (B, H*W, width) -> (B, width, H, W). Made contiguous: a transposed view is laid out
+        # channels-last, and the convolutions then return the 1x1 weights' gradients with
+        # channels-last strides on their size-1 dims, which DDP reports on every run ("Grad
+        # strides do not match bucket view strides").
+        x = x.transpose(1, 2).reshape(B, self.width, h, w).contiguous()
         s1 = self.stream1(x).flatten(2).transpose(1, 2)  # (B, Dt, H, W) -> (B, H*W, Dt)
         s3 = self.stream3(x).flatten(2).transpose(1, 2)
         if label_embeddings is not None:
@@ -165,7 +169,7 @@ class LocalAdapter(nn.Module):
         peak = torch.maximum(s1.amax(dim=1, keepdim=True), s3.amax(dim=1, keepdim=True))
         pooled = torch.cat([mean, peak], dim=1)  # (B, 2, H, W)
         g = torch.sigmoid(self.gate(pooled))  # (B, 2, H, W)
-        y = self.out(s1 * g[:, :1] + s3 * g[:, 1:2])  # (B, width, H, W)
+        y = self.out((s1 * g[:, :1] + s3 * g[:, 1:2]).contiguous())  # (B, width, H, W)
         y = y.flatten(2).transpose(1, 2).to(in_dtype)  # (B, width, H, W) -> (B, H*W, width)
         return torch.cat([cls, y], dim=1)
 

@@ -141,6 +141,22 @@ def test_trunk_frozen_and_trainables_get_gradients(tiny_clip):
     assert not model.visual.training and ladder.training
 
 
+def test_gradients_keep_the_parameters_strides(tiny_clip):
+    """DDP copies each gradient into a bucket laid out like its parameter and warns ("Grad
+    strides do not match bucket view strides") when the strides differ, even on size-1 dims:
+    the adapter's 1x1 convolutions on a transposed (channels-last) view did exactly that."""
+    ladder = LadderLocalAdapter(tiny_clip[0].visual).train()
+    out = ladder(_images(tiny_clip[0]), torch.randn(5, 32))
+    (out.image_global.square().sum() + out.image_regions.square().sum()).backward()
+    mismatched = {
+        n: (p.stride(), p.grad.stride())
+        for n, p in ladder.named_parameters()
+        if p.grad is not None and p.grad.stride() != p.stride()
+    }
+    assert not mismatched
+    assert sum(p.dim() == 4 and p.shape[2:] == (1, 1) for p in ladder.parameters()) >= 2
+
+
 def test_no_trunk_activation_kept_without_tokens(tiny_clip):
     """With n_visual_tokens=0 autograd keeps nothing of the trunk's MLP (4 x width) activations."""
     model = tiny_clip[0]

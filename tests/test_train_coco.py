@@ -117,6 +117,26 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert ck["step"] == 2
 
 
+@pytest.mark.slow
+def test_torchrun_demo_has_no_ddp_layout_warning(tmp_path):
+    """The proxy demo under DDP: before the fix, every run warned "Grad strides do not match
+    bucket view strides" (the adapter's 1x1 convolution weights, see test_adapters.py)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(EXAMPLE), "--demo", "--epochs", "1", "--output-dir", str(tmp_path), "--device", "cpu",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es) on cpu" in proc.stdout
+    assert "Grad strides do not match" not in proc.stderr, proc.stderr[-3000:]
+
+
 def test_reference_split_json_lists(tmp_path):
     """Without --demo: real-data flags on the demo files, read through RAM/MKT split json lists."""
     from ram_ot.data import coco_zsl_datasets, load_class_split, make_demo_coco
