@@ -318,6 +318,26 @@ def test_csv(tmp_path):
         from_csv(tmp_path / "data.csv", labels=["cat"])
 
 
+def test_readers_take_a_byte_order_mark_and_split_json_without_classes(tmp_path):
+    """Excel's "CSV UTF-8" starts with a BOM (it once joined the header's first cell, so the
+    header became a sample); the official repo's split files have "images" but no "classes"."""
+    _img(str(tmp_path / "a.png"))
+    _img(str(tmp_path / "b.png"))
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "data.csv").write_bytes(bom + "path,labels\na.png,cat;dog\nb.png,dog\n".encode())
+    ds = from_csv(tmp_path / "data.csv")
+    assert ds.paths == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert ds.labels == ("cat", "dog") and ds.label_names(1) == ("dog",)
+    body = {"images": [["a.png", ["zebra", "cat", "zebra"]], ["b.png", []]]}
+    (tmp_path / "only_images.json").write_bytes(bom + json.dumps(body).encode())
+    ds = from_split_json(tmp_path / "only_images.json")
+    assert ds.labels == ("cat", "zebra")  # the labels the images use, sorted
+    assert ds.label_names(0) == ("cat", "zebra") and ds.label_names(1) == ()
+    (tmp_path / "neither.json").write_text(json.dumps({"classes": ["cat"]}))
+    with pytest.raises(ValueError, match=r'neither.json to hold .*"classes" optional'):
+        from_split_json(tmp_path / "neither.json")
+
+
 def test_holdout_split_is_disjoint_and_seeded(demo):
     train = coco_zsl_datasets(demo.root, split=load_class_split(demo.split_file)).train
     a, b = train.split(0.25, seed=1)

@@ -558,50 +558,8 @@ def _read_list(
     if not os.path.isfile(path):
         raise FileNotFoundError(f"train: image list not found: {path}")
     if path.lower().endswith(".json"):
-        with open(path, encoding="utf-8-sig") as f:
-            try:
-                d = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"train: {path} is not valid json ({e}).") from None
-        if isinstance(d, dict) and "images" in d and "classes" not in d:
-            # the official repo's files with only "images": the vocabulary is what they use
-            items = d["images"]
-            if not isinstance(items, list) or not all(
-                isinstance(x, (list, tuple)) and len(x) == 2 and isinstance(x[0], str)
-                and isinstance(x[1], list) and all(isinstance(n, str) for n in x[1])
-                for x in items
-            ):  # fmt: skip
-                raise ValueError(
-                    f"train: expected `images` in {path} to be a list of [path, [labels]]."
-                )
-            samples = [(os.path.join(base, p), tuple(dict.fromkeys(n))) for p, n in items]
-            labels = sorted({n for _, names in samples for n in names})
-            return MultiLabelDataset(samples, labels, source=path, **common)
         return from_split_json(path, base, **common)
-    with open(path, "rb") as f:
-        bom = f.read(3) == b"\xef\xbb\xbf"
-    if not bom:
-        return from_csv(path, base, **common)
-    import tempfile
-
-    # Excel's "CSV UTF-8" starts with a byte-order mark: read a copy without it
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = os.path.join(tmp, os.path.basename(path))
-        with (
-            open(path, encoding="utf-8-sig", newline="") as f,
-            open(copy, "w", encoding="utf-8", newline="") as g,
-        ):
-            g.write(f.read())
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                ds = from_csv(copy, base, **common)
-        except (OSError, ValueError) as e:
-            raise type(e)(str(e).replace(copy, path)) from None
-        for w in caught:  # the reader's skip counts, naming the user's file
-            warnings.warn(str(w.message).replace(copy, path), w.category, stacklevel=2)
-    ds.source = path
-    return ds
+    return from_csv(path, base, **common)
 
 
 def _coco_year(root: str, year: int | None) -> int:
@@ -1378,7 +1336,11 @@ def main(argv: list[str] | None = None) -> int:
     if reference is not None and records:
         for line in _demo_summary(records[-1], reference):
             log.info(line)
-    if dist.is_main and args.epochs > 0 and (args.stop_after is None or args.stop_after >= args.epochs):
+    if (
+        dist.is_main
+        and args.epochs > 0
+        and (args.stop_after is None or args.stop_after >= args.epochs)
+    ):
         tagger = _write_tagger(args, model, ema, data, split, log)
         log.info(f"tagger: {tagger} (ram-ot tag --checkpoint {tagger} IMAGES ...)")
     log.info(f"metrics: {metrics_file}; checkpoint: {last}")

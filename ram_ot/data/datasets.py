@@ -75,7 +75,7 @@ def _require_file(fn: str, path: str, what: str) -> None:
 
 def _load_json(fn: str, path: str) -> Any:
     _require_file(fn, path, "annotation file")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a leading byte-order mark is dropped
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
@@ -267,7 +267,9 @@ def read_split_json(
 
     Labels may repeat within an image (one entry per object in the reference's files); they
     are de-duplicated. A label missing from ``"classes"`` raises (or, with
-    ``on_error="skip"``, is dropped and counted as ``unknown_label``).
+    ``on_error="skip"``, is dropped and counted as ``unknown_label``). ``"classes"`` may be
+    absent, as in the official repo's files that hold only ``"images"``: the classes are then
+    the labels the images use, sorted. UTF-8 with or without a byte-order mark.
 
     Args:
         path: the json file.
@@ -282,17 +284,18 @@ def read_split_json(
     check_choice(fn, "on_error", on_error, _ON_ERROR)
     path = os.fspath(path)
     d = _load_json(fn, path)
-    if not isinstance(d, dict) or "images" not in d or "classes" not in d:
+    if not isinstance(d, dict) or "images" not in d:
         raise ValueError(
-            f'{fn}: expected {path} to hold {{"classes": [...], "images": [[path, [labels]], ...]}}.'
+            f'{fn}: expected {path} to hold {{"classes": [...], "images": [[path, [labels]], ...]}}'
+            ' ("classes" optional).'
         )
-    cls = d["classes"]
-    if not (isinstance(cls, list) and all(isinstance(c, str) for c in cls)):
+    cls = d["classes"] if "classes" in d else None
+    if cls is not None and not (isinstance(cls, list) and all(isinstance(c, str) for c in cls)):
         raise ValueError(
             f'{fn}: expected "classes" in {path} to be a list of label names (strings), got '
             f"{_short(cls)}."
         )
-    if len(set(cls)) != len(cls):
+    if cls is not None and len(set(cls)) != len(cls):
         dup = next(c for c in cls if cls.count(c) > 1)
         raise ValueError(f'{fn}: "classes" in {path} names {dup!r} more than once.')
     if not isinstance(d["images"], list):
@@ -300,9 +303,6 @@ def read_split_json(
             f'{fn}: expected "images" in {path} to be a list of [path, [labels]], got '
             f"{_short(d['images'])}."
         )
-    classes = tuple(cls)
-    known = set(classes)
-    out = []
     for item in d["images"]:
         if not (
             isinstance(item, (list, tuple))
@@ -315,7 +315,12 @@ def read_split_json(
                 f"{fn}: expected each entry of `images` in {path} to be [path, [labels]] "
                 f"(strings), got {_short(item)}."
             )
-        rel, names = item
+    if cls is None:  # the labels the images use
+        cls = sorted({n for _, names in d["images"] for n in names})
+    classes = tuple(cls)
+    known = set(classes)
+    out = []
+    for rel, names in d["images"]:
         bad = [n for n in names if n not in known]
         if bad:
             if on_error == "raise":
@@ -466,6 +471,8 @@ def from_csv(
 ) -> MultiLabelDataset:
     """A dataset from a CSV file of ``path,label1;label2;...`` rows (optional header ``path,labels``).
 
+    UTF-8, with or without a byte-order mark (as Excel writes "CSV UTF-8").
+
     Args:
         path: the CSV file.
         root: directory for relative image paths (default: the CSV's directory).
@@ -480,7 +487,8 @@ def from_csv(
     path = os.fspath(path)
     _require_file(fn, path, "CSV file")
     rows: list[tuple[str, tuple[str, ...]]] = []
-    with open(path, encoding="utf-8", newline="") as f:
+    # -sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would join the first cell
+    with open(path, encoding="utf-8-sig", newline="") as f:
         for lineno, row in enumerate(csv.reader(f, delimiter=delimiter), start=1):
             if not row or (
                 lineno == 1 and [c.strip().lower() for c in row[:2]] == ["path", "labels"]
