@@ -163,6 +163,11 @@ class InferenceModule(nn.Module):
         """
         from ram_ot.tagger import presence_features, presence_probability
 
+        if self.ladder.training:
+            raise RuntimeError(
+                "InferenceModule: the shared ladder is in training mode (the model was put "
+                "back in training after this module was built); call .eval() on the module."
+            )
         emb = self.label_embeddings
         out = self.ladder(images, emb)
         head = self.head(out.image_global, out.image_regions, emb)
