@@ -6,9 +6,11 @@ computation taken out:
 - the **label set is fixed**: the label embeddings (C, D) are computed once, when the module
   is built (the text tower, its tokenizer and the prompts stay outside), and kept as a
   buffer;
-- the **Sinkhorn iterations are fixed**: the matching runs exactly ``max_iter`` iterations
-  (``tol=0``), in eager mode as under :func:`torch.compile` / :func:`torch.export.export`,
-  where :func:`ram_ot.ot.sinkhorn` never stops early (a stopping test reads the device);
+- the **Sinkhorn iterations are fixed**: in a traced graph (:func:`torch.compile`,
+  :func:`torch.export.export`) :func:`ram_ot.ot.sinkhorn` computes all ``max_iter``
+  iterations (an early exit would read the device); each image's plan still freezes at its
+  own convergence test, so the results are the eager ones. ``tol=0`` drops the tests: every
+  plan is the one after exactly ``max_iter`` iterations, in eager mode too;
 - the forward takes images only and returns a dict of tensors.
 
 So ``torch.compile(InferenceModule(model, labels), fullgraph=True)`` traces into one graph,
@@ -17,10 +19,9 @@ and :func:`export_inference` writes a ``.pt2`` file (:func:`torch.export.save`) 
 Python model code, open_clip or the tokenizer. :meth:`ram_ot.tagger.Tagger.export` does this
 for a tagger, with its calibration. See ``docs/model.md``, "Compiling and exporting".
 
-The scores of the eager :class:`~ram_ot.model.RAM` (which stops Sinkhorn at its tolerance,
-``tol=1e-5`` by default) and of this module (``max_iter`` iterations) differ by what that
-tolerance allows; between this module in eager mode, compiled and exported they agree to
-float rounding.
+With the model's own ``max_iter`` and ``tol`` (the default), the module gives the scores of
+``model(images, labels)`` in eval mode, eagerly, compiled and exported alike (to float
+rounding).
 """
 
 from __future__ import annotations
@@ -45,32 +46,35 @@ EXPORT_FORMAT = "ram-ot-export"
 _META = "ram_ot.json"  # name of the metadata entry in the .pt2 archive (extra_files)
 
 
-def _fixed_kcot(fn: str, kcot: nn.Module, max_iter: int | None) -> nn.Module:
-    """A copy of `kcot` that runs exactly `max_iter` iterations (default: its own)."""
+def _inference_kcot(fn: str, kcot: nn.Module, max_iter: int | None, tol: float | None) -> nn.Module:
+    """`kcot` with `max_iter` and `tol` (default: its own), detached; a copy if they change."""
     if not isinstance(kcot, KnowledgeConstrainedOT):
-        if max_iter is not None:
+        if max_iter is not None or tol is not None:
             raise TypeError(
-                f"{fn}: `max_iter` needs the model's head to hold a KnowledgeConstrainedOT, got "
-                f"{type(kcot).__name__}."
+                f"{fn}: `max_iter` and `tol` need the model's head to hold a "
+                f"KnowledgeConstrainedOT, got {type(kcot).__name__}."
             )
         return kcot  # a user's own matching module, used as it is
     n = kcot.max_iter if max_iter is None else max_iter
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"{fn}: expected `max_iter` to be an int >= 1, got {max_iter!r}.")
+    t = kcot.tol if tol is None else tol
+    if n == kcot.max_iter and t == kcot.tol and kcot.grad == "detach":
+        return kcot  # shared, as the rest of the model
     return KnowledgeConstrainedOT(
         reg=kcot.reg,
         reg_prior=kcot.reg_prior,
         logit_scale=kcot.logit_scale,
         region_temperature=kcot.region_temperature,
         max_iter=n,
-        tol=0.0,
+        tol=t,  # checked by the constructor
         backend=kcot.backend,
         grad="detach",
     )
 
 
 class InferenceModule(nn.Module):
-    """RAM's evaluation forward over a fixed label set, with a fixed number of iterations.
+    """RAM's evaluation forward over a fixed label set, traceable into one graph.
 
     Shares the weights of `model` (its frozen trunk, ladder and head temperatures; nothing is
     copied) and puts `model` in eval mode. Unlike :class:`~ram_ot.model.RAM`, the trunk is a
@@ -81,8 +85,10 @@ class InferenceModule(nn.Module):
         model: a :class:`~ram_ot.model.RAM`.
         labels: C >= 1 label names (embedded once with ``model.encode_labels``, without
             gradient) or (C, D) label embeddings.
-        max_iter: Sinkhorn iterations, all of them run (``tol=0``); default the model's
-            ``head.kcot.max_iter`` (100).
+        max_iter: Sinkhorn iterations (all computed in a traced graph); default the
+            model's ``head.kcot.max_iter`` (100).
+        tol: Sinkhorn tolerance; default the model's (``1e-5``); 0: every plan is the one
+            after exactly `max_iter` iterations.
         presence_weights: (3,) floating, optional. The presence model ``(w_g, w_l, w_0)`` of a
             calibrated tagger (:class:`~ram_ot.tagger.Calibration`); adds ``"presence"`` to
             the outputs.
@@ -107,6 +113,7 @@ class InferenceModule(nn.Module):
         labels: Sequence[str] | Tensor,
         *,
         max_iter: int | None = None,
+        tol: float | None = None,
         presence_weights: Tensor | None = None,
     ) -> None:
         super().__init__()
@@ -125,11 +132,12 @@ class InferenceModule(nn.Module):
         self.visual = model.ladder.visual  # registered here (held by reference in the ladder)
         self.ladder = model.ladder
         head = model.head
-        kcot = _fixed_kcot(fn, head.kcot, max_iter)
+        kcot = _inference_kcot(fn, head.kcot, max_iter, tol)
         self.head = KCOTHead(kcot, loss=head.criterion, device=head.temperature_local.device)
         self.head.temperature_local = head.temperature_local  # shared, not copied
         self.head.temperature_global = head.temperature_global
         self.max_iter = getattr(kcot, "max_iter", None)
+        self.tol = getattr(kcot, "tol", None)
         if presence_weights is not None:
             check_tensor(fn, "presence_weights", presence_weights)
             check_floating(fn, "presence_weights", presence_weights)
@@ -246,6 +254,7 @@ def export_inference(
             ram_ot=__version__,
             labels=module.labels,
             max_iter=module.max_iter,
+            tol=module.tol,
             image_size=list(module.image_size),
             outputs=sorted(program.call_spec.out_spec.context) if _is_dict_spec(program) else None,
         )

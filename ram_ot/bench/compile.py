@@ -164,11 +164,7 @@ def main(argv: list[str]) -> int:
     targets = (torch.rand(args.batch_size, args.labels, generator=g) < 0.1).float()
     targets[:, 0] = 1.0
     targets = targets.to(device)
-    where = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else _cpu_name()
-    )
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     print(
         f"compile: RAM({'RAM-Proxy-ViT emoji' if args.model == 'proxy' else 'RAM-Tiny-ViT'}), "
         f"{h} px, {model.ladder.grid_size[0] * model.ladder.grid_size[1]} regions, batch "
