@@ -269,9 +269,14 @@ class KnowledgeConstrainedOT(nn.Module):
                 p = torch.where(non_gt, p.min(), p).clamp_min(torch.finfo(dtype).tiny)
                 cost = cost + self.reg_prior * -torch.log(p)
                 reg = self.reg + self.reg_prior
-            with warnings.catch_warnings():
-                # reported below, once per module, instead of once per training step
-                warnings.simplefilter("ignore", ConvergenceWarning)
+            # Under torch.compile / torch.export the solver runs exactly `max_iter`
+            # iterations and checks no values (see ram_ot.ot.sinkhorn), so there is
+            # nothing to silence here and nothing to report below.
+            compiling = torch.compiler.is_compiling()
+            with contextlib.nullcontext() if compiling else warnings.catch_warnings():
+                if not compiling:
+                    # reported below, once per module, instead of once per training step
+                    warnings.simplefilter("ignore", ConvergenceWarning)
                 res = sinkhorn(
                     cost,
                     a,
@@ -284,6 +289,8 @@ class KnowledgeConstrainedOT(nn.Module):
                 )
             plan = res.plan
             matched = (plan * s).sum(dim=1)  # (B, N, C) -> (B, C)
+        if compiling:
+            return KCOTOutput(matched, plan, cost)
         if self.tol > 0 and not self._warned and not bool(res.converged.all()):
             self._warned = True
             warnings.warn(

@@ -258,16 +258,25 @@ class RAM(nn.Module):
         images: Tensor,
         labels: Sequence[str] | Tensor,
         targets: Tensor | None = None,
+        *,
+        teacher_labels: Tensor | None = None,
     ) -> HeadOutput:
         """Score every label for every image.
 
         Args:
             images: (B, 3, H, W) floating, preprocessed (``model.preprocess``); H, W = the
                 CLIP's image size.
-            labels: C >= 1 label names, or (C, D) label embeddings (then the teacher uses
-                them too).
+            labels: C >= 1 label names, or (C, D) label embeddings
+                (:meth:`encode_labels`; then the teacher uses them too, unless
+                `teacher_labels` are given).
             targets: (B, C) multi-hot, optional: enables the loss and, in training mode,
                 the knowledge constraint.
+            teacher_labels: (C, D) floating, optional. The frozen teacher's label
+                embeddings (``model.teacher_prompts(names)``), used by the knowledge
+                constraint instead of computing them from the names. With these and
+                `labels` as a tensor, the forward runs no text tower, which is what
+                ``torch.compile(model, fullgraph=True)`` of a training step needs (see
+                ``docs/model.md``, "Compiling and exporting").
 
         Returns:
             HeadOutput: ``(scores (B, C), logits_global (B, C), logits_local (B, C),
@@ -278,16 +287,26 @@ class RAM(nn.Module):
         ih, iw = self.ladder.image_size
         check_shape(_FN, "images", images, [("B", None), ("3", 3), ("H", ih), ("W", iw)])
         label_emb = self.encode_labels(labels)
+        if teacher_labels is not None:
+            check_tensor(_FN, "teacher_labels", teacher_labels)
+            check_floating(_FN, "teacher_labels", teacher_labels)
+            check_shape(
+                _FN,
+                "teacher_labels",
+                teacher_labels,
+                [("C", label_emb.shape[0]), ("D", self.ladder.text_dim)],
+            )
         use_teacher = self.use_teacher and self.training and targets is not None
         out = self.ladder(images, label_emb, with_teacher=use_teacher)
         prior = None
         if use_teacher:
             with torch.no_grad():
-                teacher_text = (
-                    label_emb.detach()
-                    if isinstance(labels, Tensor)
-                    else self.teacher_prompts(labels)
-                )
+                if teacher_labels is not None:
+                    teacher_text = teacher_labels.detach()
+                elif isinstance(labels, Tensor):
+                    teacher_text = label_emb.detach()
+                else:
+                    teacher_text = self.teacher_prompts(labels)
                 prior = teacher_prior(
                     out.teacher_regions, teacher_text, logit_scale=self.logit_scale
                 )

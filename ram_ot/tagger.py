@@ -196,8 +196,13 @@ def presence_features(
         Tensor: (B, C, 2) float32, ``[cos(g, t_c), C · matched_c]`` (see the module docstring).
     """
     C = logits_global.shape[-1]
-    cos_g = logits_global.float() * float(temperature_global)
-    u = logits_local.float() * (float(temperature_local) * C)
+    # tensor temperatures stay tensors: no host read, so this traces under torch.compile
+    tg, tl = (
+        t.detach().float() if isinstance(t, Tensor) else float(t)
+        for t in (temperature_global, temperature_local)
+    )
+    cos_g = logits_global.float() * tg
+    u = logits_local.float() * (tl * C)
     return torch.stack([cos_g, u], dim=-1)
 
 
@@ -633,6 +638,63 @@ class Tagger:
             model_name=self.clip.get("model_name"), precision=self.clip.get("precision", "fp32"),
             calibration=self.calibration, train_args=self.train_args, include_clip=include_clip,
         )  # fmt: skip
+
+    def inference_module(
+        self, labels: Sequence[str] | None = None, *, max_iter: int | None = None
+    ) -> Any:
+        """This tagger as an :class:`~ram_ot.inference.InferenceModule` over a fixed label set.
+
+        Args:
+            labels: the label set (default: the training vocabulary).
+            max_iter: Sinkhorn iterations, all run (default: the model's, 100).
+
+        Returns:
+            :class:`~ram_ot.inference.InferenceModule` (with the presence weights of a
+            calibrated tagger), ready for ``torch.compile(..., fullgraph=True)``.
+        """
+        from ram_ot.inference import InferenceModule
+
+        fn = "Tagger.inference_module"
+        labels = self.labels if labels is None else self._check_labels(fn, labels)
+        weights = None if self.calibration is None else self.calibration.weights
+        return InferenceModule(self.model, labels, max_iter=max_iter, presence_weights=weights)
+
+    def export(
+        self,
+        path: str | os.PathLike,
+        labels: Sequence[str] | None = None,
+        *,
+        max_iter: int | None = None,
+        dynamic_batch: bool = True,
+    ) -> Path:
+        """Write the tagger over a fixed label set as a :func:`torch.export.export` program.
+
+        The ``.pt2`` file runs without ram-ot's model code, open_clip or a tokenizer
+        (``torch.export.load(path).module()(images)``, or
+        :func:`~ram_ot.inference.load_exported` for the metadata too). It takes preprocessed
+        images (B, 3, H, W) (:attr:`transform`; the size, mean and std are in the metadata)
+        and returns the dict of :meth:`ram_ot.inference.InferenceModule.forward`. Stored
+        metadata: ``labels``, ``preprocess``, ``max_iter`` and, for a calibrated tagger,
+        ``thresholds`` (per label, for ``presence``).
+
+        Args:
+            path: the file to write (``.pt2`` by convention).
+            labels: the fixed label set (default: the training vocabulary).
+            max_iter: Sinkhorn iterations, all run (default: the model's, 100).
+            dynamic_batch: accept any batch size (else only the traced batch of 2).
+
+        Returns:
+            The path written.
+        """
+        from ram_ot.inference import export_inference
+
+        labels = self.labels if labels is None else self._check_labels("Tagger.export", labels)
+        module = self.inference_module(labels, max_iter=max_iter)
+        meta: dict[str, Any] = {"preprocess": _plain(self.preprocess), "clip": _plain(self.clip)}
+        if self.calibration is not None:
+            meta["thresholds"] = self.calibration.threshold_for(labels).tolist()
+        export_inference(module, path, dynamic_batch=dynamic_batch, metadata=meta)
+        return Path(path)
 
     # -- helpers ------------------------------------------------------------------------
     @staticmethod

@@ -849,3 +849,64 @@ def test_matvec_benchmark_forms_agree_and_print(capsys):
     assert matvec.main(["--repeat", "1", "--calls", "1", "--shapes", "2,6,5"]) == 0
     out = capsys.readouterr().out
     assert "(2, 6, 5)" in out and "| embedding_bag |" in out and "| two reads | " in out
+
+
+# ---------------------------------------------------------------------------------------
+# torch.compile: one graph, the eager results
+# ---------------------------------------------------------------------------------------
+
+
+def _compile_case(reg_m, grad):
+    """A ragged float64 batch whose problems stop at different tests, and the loss of a plan."""
+    cost, a, b = kcot_problem(3, 9, 6, seed=21)
+    cost = cost.double() * torch.tensor([0.2, 1.0, 3.0], dtype=torch.float64)[:, None, None]
+    mask_a = torch.ones(3, 9, dtype=torch.bool)
+    mask_a[1, 6:] = False
+    W = torch.rand(3, 9, 6, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+
+    def fn(C):
+        res = sinkhorn(
+            C, reg=0.2, reg_m=reg_m, mask_a=mask_a, max_iter=16, tol=1e-3, check_every=2,
+            grad=grad,
+        )  # fmt: skip
+        return (res.plan * W).sum(), res.f, res.n_iter, res.error, res.converged
+
+    return cost, fn
+
+
+def _run_with_grad(fn, cost, grad):
+    C = cost.clone().requires_grad_(grad != "detach")
+    loss, *rest = fn(C)
+    dC = torch.autograd.grad(loss, C)[0] if grad != "detach" else None
+    return loss.detach(), rest, dC
+
+
+@pytest.mark.parametrize("reg_m", [None, 0.5])
+@pytest.mark.parametrize("grad", ["detach", "unroll", "implicit"])
+def test_compiled_sinkhorn_is_one_graph_with_the_eager_results(reg_m, grad):
+    cost, fn = _compile_case(reg_m, grad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        loss, (f, n_iter, error, conv), dC = _run_with_grad(fn, cost, grad)
+    assert len(set(n_iter.tolist())) > 1  # problems stop at different tests
+    # fullgraph: a graph break raises; AOT autograd (what inductor gets) for the custom
+    # autograd.Function of the implicit gradient, plain dynamo graphs elsewhere (faster)
+    backend = "aot_eager" if grad == "implicit" else "eager"
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ConvergenceWarning from inside a graph
+        c_loss, (c_f, c_n, c_err, c_conv), c_dC = _run_with_grad(compiled, cost, grad)
+    assert torch.equal(c_n, n_iter) and torch.equal(c_conv, conv)
+    torch.testing.assert_close(c_loss, loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(c_f, f, rtol=1e-12, atol=1e-12)  # -inf on the masked rows
+    torch.testing.assert_close(c_err, error, rtol=1e-9, atol=1e-15)
+    if dC is not None:
+        assert torch.isfinite(dC).all() and dC.abs().sum() > 0
+        torch.testing.assert_close(c_dC, dC, rtol=1e-9, atol=1e-12)
+
+
+def test_dynamo_explain_finds_no_graph_break():
+    cost, fn = _compile_case(None, "unroll")
+    explained = torch._dynamo.explain(fn)(cost.clone().requires_grad_(True))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1

@@ -2,7 +2,8 @@
 
 Subcommands: ``tag`` (label images with a tagger file or a training-free CLIP), ``train``
 (train RAM; provided by :mod:`ram_ot.cli.train`), ``eval`` (mAP and F1 of a tagger file on a
-split json or COCO instances file) and ``info`` (versions and Sinkhorn backends, as
+split json or COCO instances file), ``export`` (a tagger file as a ``torch.export`` program)
+and ``info`` (versions and Sinkhorn backends, as
 ``python -m ram_ot.info``). Exit codes: 0 success, 1 runtime error, 2 usage error.
 """
 
@@ -13,11 +14,12 @@ from collections.abc import Callable, Sequence
 
 __all__ = ["main"]
 
-USAGE = """usage: ram-ot {tag,train,eval,info} ...
+USAGE = """usage: ram-ot {tag,train,eval,export,info} ...
 
   tag    tag images with a trained tagger file or a pretrained CLIP
   train  train RAM (COCO layout, split json or the demo data)
   eval   mAP / F1@K of a tagger file on a split json or COCO instances file
+  export a tagger file over a fixed label set as a torch.export program (.pt2)
   info   versions, devices and Sinkhorn backends
 
 'ram-ot COMMAND --help' describes a command."""
@@ -33,6 +35,12 @@ def _eval(argv: list[str]) -> int:
     from ram_ot.cli import eval as eval_cli
 
     return eval_cli.main(argv)
+
+
+def _export(argv: list[str]) -> int:
+    from ram_ot.cli import export
+
+    return export.main(argv)
 
 
 def _info(argv: list[str]) -> int:
@@ -60,6 +68,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "tag": _tag,
     "train": _train,
     "eval": _eval,
+    "export": _export,
     "info": _info,
 }
 

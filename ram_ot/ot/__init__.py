@@ -19,6 +19,7 @@ plan does not depend on ``reg_type``. See ``docs/ot.md``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -228,6 +229,11 @@ def sinkhorn(
     Warns:
         ConvergenceWarning: when ``tol > 0`` and some problem did not converge.
 
+    Under ``torch.compile`` the call traces into one graph: the torch log-domain iterations
+    (whatever `backend`), all `max_iter` of them with each problem frozen at its own stop
+    (same results), and neither the value checks of the masses and of `validate` nor the
+    ConvergenceWarning (they read data); see ``docs/ot.md``.
+
     Example:
         >>> import torch
         >>> from ram_ot.ot import sinkhorn
@@ -288,8 +294,15 @@ def sinkhorn(
         mask_b = None if mask_b is None else mask_b.unsqueeze(0)
         shape_a, shape_b = [("B", 1), ("N", N)], [("B", 1), ("M", M)]
 
-    name = resolve_backend(backend, device, grad)
-    solve = get_solver(name)
+    compiling = _compiling()
+    if compiling:
+        # a traced graph holds the torch log-domain iterations (pure tensor ops, no host sync)
+        from ram_ot.ot._torch import solve_lse
+
+        name, solve = "torch", solve_lse
+    else:
+        name = resolve_backend(backend, device, grad)
+        solve = get_solver(name)
     params = dict(
         reg=reg, fi_a=fi_a, fi_b=fi_b, max_iter=max_iter, tol=tol, check_every=check_every
     )
@@ -297,14 +310,18 @@ def sinkhorn(
     autocast_off = (
         torch.autocast(device_type=device.type, enabled=False)
         if device.type in ("cpu", "cuda")
-        else _nullcontext()
+        else contextlib.nullcontext()
     )
     with autocast_off:
         mass_a = _prep_mass("a", a, mask_a, shape_a, B, N, dtype, device)
         mass_b = _prep_mass("b", b, mask_b, shape_b, B, M, dtype, device)
-        tot_a, tot_b, unit_a = _check_values(
-            cost, mass_a, mass_b, mask_a, mask_b, validate, balanced
-        )
+        if compiling:
+            # value checks read the data (a host sync): not part of a traced graph
+            tot_a, tot_b, unit_a = mass_a.sum(dim=1), mass_b.sum(dim=1), False
+        else:
+            tot_a, tot_b, unit_a = _check_values(
+                cost, mass_a, mass_b, mask_a, mask_b, validate, balanced
+            )
         if balanced:
             # unit masses: the error and `tol` are relative to the total mass; the plan gets the
             # mass of `a` back through f (b is taken at the total of a, see _check_values)
@@ -332,7 +349,7 @@ def sinkhorn(
         plan = None
         if grad == "detach":
             with torch.no_grad():
-                if name == "torch" and device.type == "cpu":
+                if name == "torch" and device.type == "cpu" and not compiling:
                     # the CPU solver forms the plan from its kernel (no second exp pass)
                     plan = torch.empty(C_solve.shape, dtype=dtype, device=device)
                     f, g, n_iter, error = solve(
@@ -368,7 +385,7 @@ def sinkhorn(
         plan = plan.to(in_dtype)
 
     converged = error < tol
-    if tol > 0 and not bool(converged.all()):
+    if tol > 0 and not compiling and not bool(converged.all()):
         n_bad = int((~converged).sum())
         warnings.warn(
             f"{_FN}: {n_bad} of {B} problems did not reach tol={tol:g} within max_iter={max_iter} "
@@ -381,12 +398,10 @@ def sinkhorn(
     return SinkhornResult(plan, f, g, n_iter, error, converged)
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
+def _compiling() -> bool:
+    """Whether ``torch.compile`` (dynamo) is tracing this call."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
 
 
 MASS_RTOL = 2.0**-6

@@ -192,6 +192,7 @@ def solve_lse(
     """
     B, N, M = cost.shape
     dtype, device = cost.dtype, cost.device
+    compiling = torch.compiler.is_compiling()
     balanced = fi_a == 1.0 and fi_b == 1.0
     real_a = torch.isfinite(log_a)
     real_b = torch.isfinite(log_b)
@@ -236,7 +237,7 @@ def solve_lse(
             stop = active & (error < tol)
             n_iter = torch.where(stop, torch.full_like(n_iter, k), n_iter)
             active = active & ~stop
-            if not bool(active.any()):
+            if not compiling and not bool(active.any()):
                 break
     return f, g, n_iter, error
 
