@@ -910,3 +910,45 @@ def test_dynamo_explain_finds_no_graph_break():
     explained = torch._dynamo.explain(fn)(cost.clone().requires_grad_(True))
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Log-domain solver: early exit (CPU at the test, CUDA one test later, never when compiling)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU")])],
+)  # fmt: skip
+@pytest.mark.parametrize("fi_b", [1.0, 0.7])  # balanced, semi-relaxed
+def test_log_domain_solver_exits_after_the_last_stop_with_the_same_results(
+    monkeypatch, device, fi_b
+):
+    from ram_ot.ot import _torch
+
+    cost, a, b = kcot_problem(4, 12, 7, seed=23, dtype=torch.float64)
+    cost = cost * torch.tensor([0.2, 0.5, 1.0, 2.0], dtype=torch.float64)[:, None, None]
+    kw = dict(reg=0.2, fi_a=1.0, fi_b=fi_b, max_iter=200, tol=1e-6, check_every=3)
+    calls = []
+    lse = _torch._lse
+    monkeypatch.setattr(_torch, "_lse", lambda x, dim: calls.append(dim) or lse(x, dim))
+    args = [t.to(device) for t in (cost, a.log(), b.log())]
+    f, g, n_iter, error = _torch.solve_lse(*args, **kw)
+    n_iter = n_iter.cpu()
+    last = int(n_iter.max())
+    assert len(set(n_iter.tolist())) > 1 and last < kw["max_iter"]
+    # two log-sum-exps per iteration plus the first one; CUDA reads the flag one test late
+    ran = (len(calls) - 1) // 2
+    assert ran == (last if device == "cpu" else last + kw["check_every"])
+    # every problem's results are those of a run that stops exactly at its n_iter
+    for i in range(4):
+        ref = _torch.solve_lse(
+            cost[i : i + 1], a[i : i + 1].log(), b[i : i + 1].log(),
+            **dict(kw, tol=0.0, max_iter=int(n_iter[i])),
+        )  # fmt: skip
+        torch.testing.assert_close(f[i].cpu(), ref[0][0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g[i].cpu(), ref[1][0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(error[i].cpu(), ref[3][0], rtol=1e-8, atol=1e-15)
+        assert float(error[i]) < kw["tol"]

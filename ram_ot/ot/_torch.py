@@ -6,9 +6,10 @@ image with Sinkhorn's algorithm. This module holds the iterations; validation, m
 
 Two algorithms compute the same iterates (up to rounding):
 
-* :func:`solve_lse`: log-domain updates with ``logsumexp`` over the cost. Differentiable by
-  autograd (``grad="unroll"``), never syncs the device between convergence checks; used on
-  accelerators and for unrolled gradients.
+* :func:`solve_lse`: log-domain updates with log-sum-exp over the cost (about eight tensor
+  operations per half-iteration). Differentiable by autograd (``grad="unroll"``), never
+  syncs the device between convergence checks (on CUDA not even at them); used on
+  accelerators, for unrolled gradients and while ``torch.compile`` traces.
 * :func:`solve_scaling`: *scaling with absorption* (Schmitzer 2019, "Stabilized sparse scaling
   algorithms for entropy regularized transport problems", SIAM J. Sci. Comput.). The log
   potentials are split as ``f = fa + reg·log u`` and ``g = ga + reg·log v``; the inner work is
@@ -185,10 +186,17 @@ def solve_lse(
     tol: float,
     check_every: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Log-domain Sinkhorn with ``logsumexp``; same contract as :func:`solve_potentials`.
+    """Log-domain Sinkhorn with log-sum-exp; same contract as :func:`solve_potentials`.
 
-    Differentiable by autograd: converged problems are frozen with ``torch.where``, never by
-    in-place writes. The device is synchronised only at convergence tests (``tol > 0``).
+    Iterates the potentials in units of `reg` (``F = f/reg``, ``G = g/reg`` against the
+    precomputed ``C/reg``), about eight tensor operations per half-iteration. Differentiable
+    by autograd, without in-place writes to recorded tensors. All problems are iterated
+    until every one has stopped; a problem's potentials, error and ``n_iter`` are taken at
+    its stopping test with ``torch.where``, so the problems that run on do not change its
+    results (nor, with autograd, its gradient). The loop exits early once all problems have
+    stopped: on the CPU at that test; on CUDA one test later, by an asynchronous copy of the
+    flag read at the next test, so that a test never stalls the device; never while
+    ``torch.compile`` traces (all `max_iter` iterations run: the same results).
     """
     B, N, M = cost.shape
     dtype, device = cost.dtype, cost.device
@@ -196,50 +204,83 @@ def solve_lse(
     balanced = fi_a == 1.0 and fi_b == 1.0
     real_a = torch.isfinite(log_a)
     real_b = torch.isfinite(log_b)
-    c_reg = cost / reg  # (B, N, M)
-    ra_log_a = reg * log_a
-    ra_log_b = reg * log_b
-    mass_a = torch.exp(log_a)
+    c = cost / reg  # (B, N, M)
+    fla = log_a if fi_a == 1.0 else fi_a * log_a
+    flb = log_b if fi_b == 1.0 else fi_b * log_b
+    mass_a = torch.exp(log_a) if balanced else None
+    early_exit = tol > 0 and not compiling
+    lazy_flag = early_exit and device.type == "cuda"
+    flag = event = None  # host copy of "some problem runs" at the last test, and its event
 
-    g = torch.zeros_like(log_b).masked_fill(~real_b, -math.inf)
-    f = torch.full_like(log_a, -math.inf)
-    active = torch.ones(B, dtype=torch.bool, device=device)
-    n_iter = torch.full((B,), max_iter, dtype=torch.int64, device=device)
-    error = torch.full((B,), math.inf, dtype=dtype, device=device)
-    # LSE_j((g_j − C_ij)/reg), shared by the f-update and the row-marginal error.
-    lse_row = torch.logsumexp(g[:, None, :] / reg - c_reg, dim=2)  # (B, N)
+    F = torch.full_like(log_a, -math.inf)
+    G = torch.zeros_like(log_b).masked_fill(~real_b, -math.inf)  # g = 0 on real columns
+    # LSE_j(G_j − C_ij/reg), shared by the f-update and the row-marginal error
+    lse_row = _lse(G[:, None, :] - c, 2)  # (B, N)
+    out_F = out_G = error = n_iter = active = None
 
     for k in range(1, max_iter + 1):
         check = _is_check(k, max_iter, tol, check_every)
-        f_new = fi_a * (ra_log_a - reg * lse_row)
-        lse_col = torch.logsumexp(f_new[:, :, None] / reg - c_reg, dim=1)  # (B, M)
-        g_new = fi_b * (ra_log_b - reg * lse_col)
         last = k == max_iter
-        need_row = not last or (check and balanced)
-        lse_row_new = (
-            torch.logsumexp(g_new[:, None, :] / reg - c_reg, dim=2) if need_row else lse_row
-        )
-
+        F_new = torch.add(fla, lse_row, alpha=-fi_a)  # fi_a·(log a − LSE)
+        G_new = torch.add(flb, _lse(F_new[:, :, None] - c, 1), alpha=-fi_b)
+        if not last or (check and balanced):
+            lse_row_new = _lse(G_new[:, None, :] - c, 2)
         if check:
             if balanced:
-                # row marginal of the plan after the g-update: exp(f_i/reg + LSE_j((g_j − C_ij)/reg))
-                row = torch.exp(f_new / reg + lse_row_new)
-                err = (row - mass_a).abs().sum(dim=1)
+                # row marginal of the plan after the g-update: exp(F_i + LSE_j(G_j − C_ij/reg))
+                err = (torch.exp(F_new + lse_row_new) - mass_a).abs().sum(dim=1)
             else:
-                err = _unbalanced_error(f_new, f, g_new, g, real_a, real_b, reg)
+                # (max |Δf| + max |Δg|)/reg over real entries; inf at iteration 1 (F = −inf)
+                zf = torch.zeros((), dtype=dtype, device=device)
+                df = torch.where(real_a, F_new - F, zf).abs().amax(dim=1)
+                dg = torch.where(real_b, G_new - G, zf).abs().amax(dim=1)
+                err = df + dg
             err = err.detach()
-            error = torch.where(active, err, error)
-        keep = active[:, None]
-        f = torch.where(keep, f_new, f)
-        g = torch.where(keep, g_new, g)
-        lse_row = torch.where(keep, lse_row_new, lse_row)
-        if check and tol > 0:
-            stop = active & (error < tol)
-            n_iter = torch.where(stop, torch.full_like(n_iter, k), n_iter)
-            active = active & ~stop
-            if not compiling and not bool(active.any()):
-                break
-    return f, g, n_iter, error
+            if active is None:  # the first test: every problem is running
+                stop = (err < tol) if (tol > 0 and not last) else None  # None: all stop
+                out_F, out_G, error = F_new, G_new, err
+                n_iter = torch.full((B,), max_iter, dtype=torch.int64, device=device)
+                if stop is not None:
+                    n_iter = torch.where(stop, torch.full_like(n_iter, k), n_iter)
+                    active = ~stop
+            else:
+                stop = active if last else active & (err < tol)
+                keep = stop[:, None]
+                out_F = torch.where(keep, F_new, out_F)
+                out_G = torch.where(keep, G_new, out_G)
+                error = torch.where(active, err, error)
+                n_iter = torch.where(stop, torch.full_like(n_iter, k), n_iter)
+                active = active & ~stop
+            if early_exit and active is not None and not last:
+                if not lazy_flag:
+                    if not bool(active.any()):
+                        break
+                else:
+                    if event is not None:
+                        event.synchronize()  # the device has reached the previous test
+                        if not bool(flag):
+                            break  # every problem had stopped there
+                    else:
+                        flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+                        event = torch.cuda.Event()
+                    flag.copy_(active.any(), non_blocking=True)
+                    event.record()
+        if not last:
+            F, G, lse_row = F_new, G_new, lse_row_new
+    return out_F * reg, out_G * reg, n_iter, error
+
+
+def _lse(x: Tensor, dim: int) -> Tensor:
+    """``log Σ exp(x)`` along `dim` (kept out); `x` is a temporary that may be overwritten.
+
+    The shift is the detached maximum (the gradient of the shift cancels exactly), finite
+    for every row and column that holds a real entry of finite cost, which the frontend
+    guarantees; without a recorded gradient the work is done in place in `x`.
+    """
+    m = x.detach().amax(dim=dim, keepdim=True)
+    if x.requires_grad:
+        return torch.log(torch.exp(x - m).sum(dim=dim)) + m.squeeze(dim)
+    return x.sub_(m).exp_().sum(dim=dim).log_().add_(m.squeeze(dim))
 
 
 # ---------------------------------------------------------------------------------------
