@@ -269,7 +269,7 @@ def _is_dict_spec(program: torch.export.ExportedProgram) -> bool:
 
 
 def load_exported(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """Read a program written by :func:`export_inference` (or :meth:`Tagger.export`).
+    """Read a program written by :func:`export_inference` (or :meth:`ram_ot.tagger.Tagger.export`).
 
     Args:
         path: the ``.pt2`` file.

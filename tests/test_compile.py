@@ -203,7 +203,7 @@ def test_training_step_compiles_with_matching_loss_and_grads(tiny_clip):
     assert any(k.startswith("prompts.") for k in g1)  # through the eager text tower
     for k in g0:  # float rounding, relative to each gradient's scale
         scale = g0[k].abs().max()
-        assert (g1[k] - g0[k]).abs().max() <= 1e-4 * scale, k
+        assert (g1[k] - g0[k]).abs().max() <= 1e-4 * scale + 2e-6, k  # float32 rounding
         assert scale > 0, k
     # the teacher's names path and the tensor path are the same knowledge constraint
     model.load_state_dict(state)
