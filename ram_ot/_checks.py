@@ -28,6 +28,7 @@ __all__ = [
     "check_finite",
     "check_nonnegative",
     "fmt_shape",
+    "is_compiling",
 ]
 
 FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -35,6 +36,13 @@ FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 class ConvergenceWarning(UserWarning):
     """An iterative solver stopped at ``max_iter`` before reaching its tolerance."""
+
+
+def is_compiling() -> bool:
+    """Whether ``torch.compile`` / ``torch.export`` is tracing: value checks (a host sync)
+    and warnings are then skipped. False on torch versions without ``torch.compiler``."""
+    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(fn()) if fn is not None else False
 
 
 def fmt_shape(shape: Sequence[Any]) -> str:

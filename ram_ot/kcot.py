@@ -33,6 +33,7 @@ from ram_ot._checks import (
     check_positive,
     check_shape,
     check_tensor,
+    is_compiling,
 )
 from ram_ot.losses import _check_targets
 from ram_ot.ot import sinkhorn
@@ -272,7 +273,7 @@ class KnowledgeConstrainedOT(nn.Module):
             # Under torch.compile / torch.export the solver runs exactly `max_iter`
             # iterations and checks no values (see ram_ot.ot.sinkhorn), so there is
             # nothing to silence here and nothing to report below.
-            compiling = torch.compiler.is_compiling()
+            compiling = is_compiling()
             with contextlib.nullcontext() if compiling else warnings.catch_warnings():
                 if not compiling:
                     # reported below, once per module, instead of once per training step

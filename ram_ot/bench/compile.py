@@ -65,30 +65,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    """Seconds of one call of `fn`, with CUDA events on a GPU."""
-    if device.type == "cuda":
-
-        def cuda_time(fn: Callable[[], object]) -> float:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            return start.elapsed_time(end) / 1000.0
-
-        return cuda_time
-
-    def cpu_time(fn: Callable[[], object]) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
-    return cpu_time
-
-
 def _first_call(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -102,7 +78,13 @@ def _first_call(fn: Callable[[], object], device: torch.device) -> float:
 def _measure(
     variants: dict[str, Callable[[], object]], repeats: int, device: torch.device
 ) -> dict[str, float]:
-    timer = _timer(device)
+    from ram_ot.bench.sinkhorn_gpu import _timer
+
+    timer_ms = _timer(device)  # CUDA events on a GPU
+
+    def timer(fn: Callable[[], object]) -> float:
+        return timer_ms(fn) / 1000.0
+
     for fn in variants.values():  # warm-up (the compiled ones are compiled already)
         fn()
         fn()

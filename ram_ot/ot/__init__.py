@@ -36,6 +36,7 @@ from ram_ot._checks import (
     check_positive,
     check_shape,
     check_tensor,
+    is_compiling,
 )
 from ram_ot.ot._dispatch import available_backends, get_solver, resolve_backend
 
@@ -297,7 +298,7 @@ def sinkhorn(
         mask_b = None if mask_b is None else mask_b.unsqueeze(0)
         shape_a, shape_b = [("B", 1), ("N", N)], [("B", 1), ("M", M)]
 
-    compiling = _compiling()
+    compiling = is_compiling()
     if compiling:
         # a traced graph holds the torch log-domain iterations (pure tensor ops, no host sync)
         from ram_ot.ot._torch import solve_lse
@@ -401,12 +402,6 @@ def sinkhorn(
     if unbatched:
         return SinkhornResult(plan[0], f[0], g[0], n_iter[0], error[0], converged[0])
     return SinkhornResult(plan, f, g, n_iter, error, converged)
-
-
-def _compiling() -> bool:
-    """Whether ``torch.compile`` (dynamo) is tracing this call."""
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling()) if is_compiling is not None else False
 
 
 MASS_RTOL = 2.0**-6

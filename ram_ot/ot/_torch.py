@@ -46,6 +46,8 @@ import threading
 import torch
 from torch import Tensor
 
+from ram_ot._checks import is_compiling
+
 __all__ = ["solve_potentials", "solve_lse", "solve_scaling"]
 
 
@@ -200,7 +202,7 @@ def solve_lse(
     """
     B, N, M = cost.shape
     dtype, device = cost.dtype, cost.device
-    compiling = torch.compiler.is_compiling()
+    compiling = is_compiling()
     balanced = fi_a == 1.0 and fi_b == 1.0
     real_a = torch.isfinite(log_a)
     real_b = torch.isfinite(log_b)
