@@ -430,3 +430,30 @@ def test_non_finite_scores_are_refused_in_evaluation():
     batches = [(torch.zeros(3, 4), torch.ones(3, 2))]
     with pytest.raises(NonFiniteError, match="the scores became inf in val"):
         evaluate_split(NaNScores(), batches, ["a", "b"], device="cpu", desc="val")
+
+
+def test_gpu_train_step_benchmark_runs_on_cpu(capsys):
+    """The GPU training-step benchmark's code path, at tiny size on the CPU."""
+    from ram_ot.bench.train_step_gpu import _labels, main
+
+    args = ["--device", "cpu", "--model", "RAM-Tiny-ViT", "--batch-size", "2", "--labels", "5"]
+    args += ["--warmup", "1", "--repeats", "2", "--backends", "torch", "auto"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "failed" not in out
+    rows = [line for line in out.splitlines() if line.startswith("| backend=")]
+    assert len(rows) >= 4  # two backends x two configs (+ cache-off rows where offered)
+    for row in rows:
+        ms = float(row.split("|")[2])
+        assert ms > 0
+    names = _labels(925)
+    assert len(set(names)) == 925
+
+
+def test_gpu_train_step_benchmark_says_when_there_is_no_gpu(capsys):
+    from ram_ot.bench.train_step_gpu import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert main(["--device", "cuda"]) == 1
+    assert "no CUDA device" in capsys.readouterr().out
