@@ -130,7 +130,7 @@ class Calibration(NamedTuple):
 
     def threshold_for(self, labels: Sequence[str]) -> Tensor:
         """(C,) float64 presence thresholds of `labels` (per label where known)."""
-        own = {name: float(t) for name, t in zip(self.labels, self.thresholds.tolist())}
+        own = {name: float(t) for name, t in zip(self.labels, self.thresholds.tolist(), strict=True)}
         return torch.tensor(
             [
                 own[c] if c in own and not math.isnan(own[c]) else self.default_threshold
@@ -1010,7 +1010,7 @@ class Tagger:
         plan = out.plan[0][:, chosen].cpu()  # (N, C) -> (N, C')
         prior = out.prior[0][:, chosen].cpu()
         maps = viz.plan_heatmaps(plan, grid)
-        result: dict[str, Any] = {n: viz.upsample(m, pil.size) for n, m in zip(names, maps)}
+        result: dict[str, Any] = {n: viz.upsample(m, pil.size) for n, m in zip(names, maps, strict=True)}
         if out_dir is not None and names:
             result["_files"] = viz.save_explanations(
                 pil, plan, names, out_dir, grid=grid, prior=prior, prefix=prefix

@@ -35,9 +35,9 @@ def _oracle(scores, targets):
             continue
         best = None
         for t in sorted(set(s), reverse=True):
-            tp = sum(1 for v, p in zip(s, y) if v >= t and p)
-            fp = sum(1 for v, p in zip(s, y) if v >= t and not p)
-            fn = sum(1 for v, p in zip(s, y) if v < t and p)
+            tp = sum(1 for v, p in zip(s, y, strict=True) if v >= t and p)
+            fp = sum(1 for v, p in zip(s, y, strict=True) if v >= t and not p)
+            fn = sum(1 for v, p in zip(s, y, strict=True) if v < t and p)
             f1 = 2 * tp / (2 * tp + fp + fn)
             if best is None or f1 > best[0]:
                 best = (f1, t)
@@ -108,7 +108,7 @@ def calibrated(model, images):
     t = Tagger(model, LABELS)
     targets = torch.zeros(len(images), len(LABELS))
     targets[torch.arange(len(images)), torch.arange(len(images)) % len(LABELS)] = 1
-    t.calibrate(list(zip(images, targets)), LABELS)
+    t.calibrate(list(zip(images, targets, strict=True)), LABELS)
     return t
 
 
@@ -216,7 +216,7 @@ def test_predict_batches_agree_and_bad_files_are_skipped(calibrated, images, tmp
         warnings.simplefilter("ignore")
         many = calibrated.predict(files, top_k=3, batch_size=4, progress=True)
     assert one[2] is None and many[2] is None
-    for a, b in zip(one, many):
+    for a, b in zip(one, many, strict=True):
         if a is not None:
             assert [t.label for t in a] == [t.label for t in b]
             torch.testing.assert_close(torch.tensor([t.score for t in a]), torch.tensor([t.score for t in b]))
