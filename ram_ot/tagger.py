@@ -62,6 +62,7 @@ from ram_ot.metrics import calibrate_thresholds
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "PRIOR_POSITIVES",
     "Calibration",
     "Tag",
     "Tagger",
@@ -119,7 +120,9 @@ class Calibration(NamedTuple):
         weights: (3,) float64. ``(w_g, w_l, w_0)`` of ``σ(w_g·cos + w_l·u + w_0)``.
         labels: the labels with their own threshold (the validation vocabulary).
         thresholds: (len(labels),) float64. Per-label presence thresholds; NaN for a label
-            without a validation positive (the default threshold is used for it).
+            without a validation positive (the default threshold is used for it). Each is
+            the label's F1-optimal validation threshold shrunk toward the default one
+            (:func:`fit_calibration`).
         default_threshold: the threshold for every other label (pooled F1-optimal).
     """
 
@@ -236,14 +239,39 @@ def _fit_logistic(x: Tensor, y: Tensor, l2: float = 1e-4) -> Tensor:
     return torch.cat([scale, (w[2] - mu @ scale).reshape(1)])
 
 
-def fit_calibration(features: Tensor, targets: Tensor, labels: Sequence[str]) -> Calibration:
+PRIOR_POSITIVES = 10.0
+"""Default of :func:`fit_calibration`'s `prior_positives`: how many validation positives the
+pooled threshold counts as when a label's own threshold is shrunk toward it. Chosen by
+cross-validation on the validation split of the proxy world, never on a test set
+(``python -m ram_ot.bench tagger``; docs/tagger.md, "Scores and thresholds")."""
+
+
+def fit_calibration(
+    features: Tensor, targets: Tensor, labels: Sequence[str], *,
+    prior_positives: float = PRIOR_POSITIVES,
+) -> Calibration:  # fmt: skip
     """Fit the presence model and the thresholds on a validation split.
+
+    The presence weights are fitted on all (image, label) pairs. The *pooled* threshold
+    ``t_pool`` is the F1-optimal threshold of all pairs together (micro F1); it is the
+    default threshold. A label c with ``n_c >= 1`` validation positives gets its own
+    F1-optimal threshold ``t_c`` shrunk toward the pooled one by its number of positives:
+
+    ``t'_c = (n_c · t_c + k · t_pool) / (n_c + k)``, with ``k = prior_positives``.
+
+    Unshrunk (``k = 0``), the best cut of a label with few positives is set by one or two of
+    them and is often the lowest positive's score: a near-zero threshold that fires on most
+    images. A label without a validation positive has no threshold of its own (NaN: the
+    pooled one).
 
     Args:
         features: (N, C, 2) floating. :func:`presence_features` of N validation images over
             the C `labels`.
         targets: (N, C) multi-hot (entries > 0 are positives).
         labels: the C label names.
+        prior_positives: k above, a number >= 0 (:data:`PRIOR_POSITIVES`); 0 keeps the
+            per-label F1-optimal thresholds as they are, a large k gives every label about
+            the pooled threshold.
 
     Returns:
         :class:`Calibration`.
@@ -253,13 +281,20 @@ def fit_calibration(features: Tensor, targets: Tensor, labels: Sequence[str]) ->
     check_shape(fn, "features", features, [("N", None), ("C", len(labels)), ("2", 2)])
     check_tensor(fn, "targets", targets)
     check_shape(fn, "targets", targets, [("N", features.shape[0]), ("C", len(labels))])
+    k = prior_positives
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k < 0:
+        raise ValueError(
+            f"{fn}: expected `prior_positives` to be a finite number >= 0, got {prior_positives!r}."
+        )
     y = (targets > 0).cpu()
     if not bool(y.any()) or bool(y.all()):
         raise ValueError(f"{fn}: expected `targets` with both positives and negatives.")
     w = _fit_logistic(features.reshape(-1, 2).cpu(), y.reshape(-1))
     p = presence_probability(features.cpu(), w)  # (N, C)
-    per_label = calibrate_thresholds(p, y)
     pooled = float(calibrate_thresholds(p.reshape(-1, 1), y.reshape(-1, 1))[0])
+    own = calibrate_thresholds(p, y)  # NaN without a positive
+    n = y.sum(0).double()
+    per_label = (n * own + float(k) * pooled) / (n + float(k))
     return Calibration(w, tuple(labels), per_label.cpu(), pooled)
 
 
@@ -932,6 +967,7 @@ class Tagger:
         *,
         batch_size: int = 32,
         progress: bool | None = None,
+        prior_positives: float = PRIOR_POSITIVES,
     ) -> Calibration:
         """Fit the presence model and thresholds on a validation split and keep them.
 
@@ -941,6 +977,8 @@ class Tagger:
                 transformed with :attr:`transform`).
             labels: the C labels of the targets (default ``dataset.labels``).
             batch_size, progress: as in :meth:`predict`.
+            prior_positives: the shrinkage of the per-label thresholds toward the pooled
+                one (:func:`fit_calibration`).
 
         Returns:
             The new :class:`Calibration` (also stored in ``self.calibration``).
@@ -961,7 +999,9 @@ class Tagger:
                 x = torch.stack(ims).to(self.device)
                 feats.append(self.forward(x, emb).features.cpu())
                 targets.append(torch.stack([torch.as_tensor(p[1]) for p in pairs]))
-        self.calibration = fit_calibration(torch.cat(feats), torch.cat(targets), labels)
+        self.calibration = fit_calibration(
+            torch.cat(feats), torch.cat(targets), labels, prior_positives=prior_positives
+        )
         return self.calibration
 
     def explain(

@@ -12,6 +12,7 @@ from ram_ot.metrics import calibrate_thresholds
 from ram_ot.model import build_ram
 from ram_ot.tagger import (
     FORMAT,
+    PRIOR_POSITIVES,
     Calibration,
     Tag,
     Tagger,
@@ -76,6 +77,42 @@ def test_fit_calibration_recovers_a_separable_rule():
     pred = p >= cal.threshold_for(["a", "b", "c"]).float()
     assert (pred == y).float().mean() > 0.97
     assert cal.threshold_for(["zebra"]).item() == cal.default_threshold
+
+
+def test_fit_calibration_shrinks_a_label_with_one_weak_positive_to_the_pooled_threshold():
+    # Regression (issue 16): "rare" has a single validation positive, scored below most of its
+    # negatives. Its own F1-optimal cut is that positive's score, so it would fire on most
+    # images; shrunk toward the pooled threshold by its one positive, it must not.
+    g = torch.Generator().manual_seed(0)
+    n = 200
+    f = torch.randn(n, 3, 2, generator=g)
+    y = f[..., 0] > 0.5  # "a" and "b": ~60 positives each, separable
+    y[:, 2] = False
+    f[0, 2, 0] = -1.5  # the one positive of "rare": weaker than ~93% of its negatives
+    y[0, 2] = True
+    labels = ["a", "b", "rare"]
+    cal = fit_calibration(f, y, labels)
+    p = presence_probability(f, cal.weights)
+    own, pool, k = p[0, 2].double(), cal.default_threshold, PRIOR_POSITIVES
+    assert k >= 5
+    torch.testing.assert_close(cal.thresholds[2], (own + k * pool) / (1 + k))
+    fired = p[:, 2] >= cal.threshold_for(labels)[2].float()
+    assert fired.float().mean() < 0.45  # about the pooled cut's rate, not most images
+    # many positives: the own threshold dominates (60 positives against k)
+    unshrunk = fit_calibration(f, y, labels, prior_positives=0)
+    n_a = float(y[:, 0].sum())
+    torch.testing.assert_close(
+        cal.thresholds[0], (n_a * unshrunk.thresholds[0] + k * pool) / (n_a + k)
+    )
+    # without shrinkage the rare label's own cut floods it with false positives
+    assert unshrunk.thresholds[2] == own
+    assert (p[:, 2] >= unshrunk.thresholds[2].float()).float().mean() > 0.85
+    # a label without a validation positive has no threshold of its own
+    y[0, 2] = False
+    assert fit_calibration(f, y, labels).thresholds[2].isnan()
+    for bad in (-1, float("inf"), True, "10"):
+        with pytest.raises(ValueError, match="prior_positives"):
+            fit_calibration(f, y, labels, prior_positives=bad)
 
 
 def test_presence_features_are_label_count_independent_in_scale():
