@@ -3,6 +3,7 @@
 import itertools
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -308,3 +309,39 @@ def test_write_trained_tagger_without_val_is_uncalibrated_and_checks_val(model, 
     with pytest.raises(ValueError, match="val_dataset"):
         write_trained_tagger(model, tmp_path / "u.pt", labels=LABELS, pretrained=None,
                              val_dataset=[(images[0], torch.ones(4))])  # fmt: skip
+
+
+def test_label_embeddings_are_cached_until_the_prompts_change(model, images, monkeypatch):
+    t = Tagger(model, LABELS)
+    x = torch.stack([t.transform(im) for im in images])
+    calls = []
+    encode = model.prompts.forward
+    monkeypatch.setattr(model.prompts, "forward", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    a, b = t.forward(x, LABELS), t.forward(x, LABELS)
+    assert len(calls) == 1  # the second call used the cache
+    with torch.no_grad():
+        uncached = t.forward(x, model.encode_labels(LABELS))  # embeddings given: no cache
+    for out in (a, b):
+        torch.testing.assert_close(out.scores, uncached.scores, rtol=0, atol=0)
+        torch.testing.assert_close(out.plan, uncached.plan, rtol=0, atol=0)
+    maps1 = t.explain(images[0], top_k=2)
+    maps2 = Tagger(model, LABELS).explain(images[0], top_k=2)  # a fresh tagger: no cache
+    assert maps1.keys() == maps2.keys()
+    for k in maps1:
+        np.testing.assert_array_equal(maps1[k], maps2[k])
+    # an in-place change of a trained prompt parameter invalidates the cache
+    p = next(model.prompts.parameters())
+    saved = p.detach().clone()
+    try:
+        with torch.no_grad():
+            p.add_(0.5)
+        n = len(calls)
+        changed = t.forward(x, LABELS)
+        assert len(calls) == n + 1
+        with torch.no_grad():
+            fresh = t.forward(x, model.encode_labels(LABELS))
+        torch.testing.assert_close(changed.scores, fresh.scores, rtol=0, atol=0)
+        assert not torch.equal(changed.scores, a.scores)
+    finally:
+        with torch.no_grad():
+            p.copy_(saved)
