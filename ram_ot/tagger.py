@@ -35,11 +35,13 @@ raw ``matched`` shrinks as 1/C). What the other labels still change is only whic
 the plan gives to c, the competition KCOT is built for. ``(w_g, w_l, w_0)`` are fitted by
 logistic regression on a validation split (:func:`fit_calibration`).
 
-**Thresholds.** Per seen label (a label of the calibration set with a positive in the
-validation split): the F1-optimal threshold on ``p_c``
-(:func:`ram_ot.metrics.calibrate_thresholds`). For any other (free-text) label: one threshold,
-the F1-optimal threshold of all validation (image, label) pairs pooled. Neither depends on
-the number of labels asked for.
+**Thresholds.** For any free-text label (not in the calibration set): one threshold, the
+F1-optimal threshold of all validation (image, label) pairs pooled. Per seen label (a label
+of the calibration set with a positive in the validation split): its F1-optimal threshold
+on ``p_c`` (:func:`ram_ot.metrics.calibrate_thresholds`) shrunk toward the pooled one by its
+number of validation positives (:func:`fit_calibration`, ``prior_positives``), so that a
+label with few positives does not get a near-zero threshold. Neither depends on the number
+of labels asked for.
 """
 
 from __future__ import annotations

@@ -345,3 +345,22 @@ def test_label_embeddings_are_cached_until_the_prompts_change(model, images, mon
     finally:
         with torch.no_grad():
             p.copy_(saved)
+
+
+def test_bench_cross_validation_of_prior_positives_and_rules():
+    from ram_ot.bench.tagger import CV_PRIORS, compare_rules, select_prior_positives
+
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(80, 4, 2, generator=g)
+    y = (f[..., 0] + 0.5 * torch.randn(80, 4, generator=g)) > 0.8
+    cv = select_prior_positives(f, y, ["a", "b", "c", "d"], repeats=2)
+    assert cv["n_splits"] == 4 and [r["k"] for r in cv["rows"]] == list(CV_PRIORS)
+    pooled = cv["rows"][-1]
+    assert pooled["dOF1"] == 0 and pooled["dCF1"] == 0
+    assert all(0 <= r["OF1"] <= 1 and 0 <= r["CF1"] <= 1 for r in cv["rows"])
+    cal = fit_calibration(f, y, ["a", "b", "c", "d"])
+    p = presence_probability(f, cal.weights)
+    thr = cal.threshold_for(["a", "b", "c", "d"])
+    rules = compare_rules(p, p, y, thr, cal.default_threshold, unshrunk=thr)
+    assert rules["calibrated"] == rules["unshrunk"]
+    assert {"top-1", "top-3", "calibrated", "default thr", "test-oracle"} <= rules.keys()
