@@ -35,11 +35,13 @@ raw ``matched`` shrinks as 1/C). What the other labels still change is only whic
 the plan gives to c, the competition KCOT is built for. ``(w_g, w_l, w_0)`` are fitted by
 logistic regression on a validation split (:func:`fit_calibration`).
 
-**Thresholds.** Per seen label (a label of the calibration set with a positive in the
-validation split): the F1-optimal threshold on ``p_c``
-(:func:`ram_ot.metrics.calibrate_thresholds`). For any other (free-text) label: one threshold,
-the F1-optimal threshold of all validation (image, label) pairs pooled. Neither depends on
-the number of labels asked for.
+**Thresholds.** For any free-text label (not in the calibration set): one threshold, the
+F1-optimal threshold of all validation (image, label) pairs pooled. Per seen label (a label
+of the calibration set with a positive in the validation split): its F1-optimal threshold
+on ``p_c`` (:func:`ram_ot.metrics.calibrate_thresholds`) shrunk toward the pooled one by its
+number of validation positives (:func:`fit_calibration`, ``prior_positives``), so that a
+label with few positives does not get a near-zero threshold. Neither depends on the number
+of labels asked for.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import math
 import os
 import sys
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -62,6 +65,7 @@ from ram_ot.metrics import calibrate_thresholds
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "PRIOR_POSITIVES",
     "Calibration",
     "Tag",
     "Tagger",
@@ -84,6 +88,7 @@ _RAM_KEYS = (
     "text_deep_layers", "template", "templates", "teacher_template", "use_teacher",
 )  # fmt: skip
 _KCOT_KEYS = ("reg", "reg_prior", "region_temperature", "max_iter", "tol")
+_LABEL_CACHE_SIZE = 4  # label sets whose embeddings a Tagger keeps
 _AUTO_PROGRESS = 256  # images; longer lists show a progress bar when progress=None
 
 
@@ -119,7 +124,9 @@ class Calibration(NamedTuple):
         weights: (3,) float64. ``(w_g, w_l, w_0)`` of ``σ(w_g·cos + w_l·u + w_0)``.
         labels: the labels with their own threshold (the validation vocabulary).
         thresholds: (len(labels),) float64. Per-label presence thresholds; NaN for a label
-            without a validation positive (the default threshold is used for it).
+            without a validation positive (the default threshold is used for it). Each is
+            the label's F1-optimal validation threshold shrunk toward the default one
+            (:func:`fit_calibration`).
         default_threshold: the threshold for every other label (pooled F1-optimal).
     """
 
@@ -130,7 +137,7 @@ class Calibration(NamedTuple):
 
     def threshold_for(self, labels: Sequence[str]) -> Tensor:
         """(C,) float64 presence thresholds of `labels` (per label where known)."""
-        own = {name: float(t) for name, t in zip(self.labels, self.thresholds.tolist())}
+        own = {name: float(t) for name, t in zip(self.labels, self.thresholds.tolist(), strict=True)}
         return torch.tensor(
             [
                 own[c] if c in own and not math.isnan(own[c]) else self.default_threshold
@@ -236,14 +243,39 @@ def _fit_logistic(x: Tensor, y: Tensor, l2: float = 1e-4) -> Tensor:
     return torch.cat([scale, (w[2] - mu @ scale).reshape(1)])
 
 
-def fit_calibration(features: Tensor, targets: Tensor, labels: Sequence[str]) -> Calibration:
+PRIOR_POSITIVES = 10.0
+"""Default of :func:`fit_calibration`'s `prior_positives`: how many validation positives the
+pooled threshold counts as when a label's own threshold is shrunk toward it. Chosen by
+cross-validation on the validation split of the proxy world, never on a test set
+(``python -m ram_ot.bench tagger``; docs/tagger.md, "Scores and thresholds")."""
+
+
+def fit_calibration(
+    features: Tensor, targets: Tensor, labels: Sequence[str], *,
+    prior_positives: float = PRIOR_POSITIVES,
+) -> Calibration:  # fmt: skip
     """Fit the presence model and the thresholds on a validation split.
+
+    The presence weights are fitted on all (image, label) pairs. The *pooled* threshold
+    ``t_pool`` is the F1-optimal threshold of all pairs together (micro F1); it is the
+    default threshold. A label c with ``n_c >= 1`` validation positives gets its own
+    F1-optimal threshold ``t_c`` shrunk toward the pooled one by its number of positives:
+
+    ``t'_c = (n_c · t_c + k · t_pool) / (n_c + k)``, with ``k = prior_positives``.
+
+    Unshrunk (``k = 0``), the best cut of a label with few positives is set by one or two of
+    them and is often the lowest positive's score: a near-zero threshold that fires on most
+    images. A label without a validation positive has no threshold of its own (NaN: the
+    pooled one).
 
     Args:
         features: (N, C, 2) floating. :func:`presence_features` of N validation images over
             the C `labels`.
         targets: (N, C) multi-hot (entries > 0 are positives).
         labels: the C label names.
+        prior_positives: k above, a number >= 0 (:data:`PRIOR_POSITIVES`); 0 keeps the
+            per-label F1-optimal thresholds as they are, a large k gives every label about
+            the pooled threshold.
 
     Returns:
         :class:`Calibration`.
@@ -253,13 +285,20 @@ def fit_calibration(features: Tensor, targets: Tensor, labels: Sequence[str]) ->
     check_shape(fn, "features", features, [("N", None), ("C", len(labels)), ("2", 2)])
     check_tensor(fn, "targets", targets)
     check_shape(fn, "targets", targets, [("N", features.shape[0]), ("C", len(labels))])
+    k = prior_positives
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k < 0:
+        raise ValueError(
+            f"{fn}: expected `prior_positives` to be a finite number >= 0, got {prior_positives!r}."
+        )
     y = (targets > 0).cpu()
     if not bool(y.any()) or bool(y.all()):
         raise ValueError(f"{fn}: expected `targets` with both positives and negatives.")
     w = _fit_logistic(features.reshape(-1, 2).cpu(), y.reshape(-1))
     p = presence_probability(features.cpu(), w)  # (N, C)
-    per_label = calibrate_thresholds(p, y)
     pooled = float(calibrate_thresholds(p.reshape(-1, 1), y.reshape(-1, 1))[0])
+    own = calibrate_thresholds(p, y)  # NaN without a positive
+    n = y.sum(0).double()
+    per_label = (n * own + float(k) * pooled) / (n + float(k))
     return Calibration(w, tuple(labels), per_label.cpu(), pooled)
 
 
@@ -545,6 +584,7 @@ class Tagger:
         }  # fmt: skip
         self.train_args = train_args
         self._transform = None
+        self._label_cache: OrderedDict[tuple, Tensor] = OrderedDict()
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -708,6 +748,30 @@ class Tagger:
             raise ValueError(f"{fn}: expected distinct `labels`, got duplicates.")
         return labels
 
+    def _label_embeddings(self, labels: list[str]) -> Tensor:
+        """``model.encode_labels(labels)``, cached per label tuple (no grad, eval mode).
+
+        The key holds the device, the dtype and the identity and version counter
+        (``Tensor._version``, bumped by every in-place change: optimiser steps,
+        ``load_state_dict``) of each parameter and buffer of the trained prompts, so a
+        changed model is re-encoded. With gradients on or in training mode nothing is cached.
+        """
+        model = self.model
+        if torch.is_grad_enabled() or model.training:
+            return model.encode_labels(labels)
+        state = [*model.prompts.parameters(), *model.prompts.buffers()]
+        key = (tuple(labels), str(self.device), str(model.ladder.visual.conv1.weight.dtype),
+               tuple((id(t), t._version) for t in state))  # fmt: skip
+        hit = self._label_cache.get(key)
+        if hit is not None:
+            self._label_cache.move_to_end(key)
+            return hit
+        emb = model.encode_labels(labels)
+        self._label_cache[key] = emb
+        while len(self._label_cache) > _LABEL_CACHE_SIZE:
+            self._label_cache.popitem(last=False)
+        return emb
+
     @property
     def device(self) -> torch.device:
         return self.model.ladder.visual.conv1.weight.device
@@ -762,7 +826,7 @@ class Tagger:
         from ram_ot.kcot import teacher_prior
 
         model = self.model
-        emb = model.encode_labels(labels)
+        emb = labels if isinstance(labels, Tensor) else self._label_embeddings(list(labels))
         out = model.ladder(images, emb, with_teacher=with_prior)
         head = model.head(out.image_global, out.image_regions, emb)
         feats = presence_features(
@@ -836,7 +900,7 @@ class Tagger:
         presence = torch.full((n, c), math.nan) if self.calibration is not None else None
         ok = [False] * n
         with torch.no_grad():
-            emb = self.model.encode_labels(labels) if items else None
+            emb = self._label_embeddings(labels) if items else None
             for start, chunk in self._iter_batches(fn, items, batch_size, progress):
                 idx, x = self._load_batch(fn, chunk)
                 if x is None:
@@ -932,6 +996,7 @@ class Tagger:
         *,
         batch_size: int = 32,
         progress: bool | None = None,
+        prior_positives: float = PRIOR_POSITIVES,
     ) -> Calibration:
         """Fit the presence model and thresholds on a validation split and keep them.
 
@@ -941,6 +1006,8 @@ class Tagger:
                 transformed with :attr:`transform`).
             labels: the C labels of the targets (default ``dataset.labels``).
             batch_size, progress: as in :meth:`predict`.
+            prior_positives: the shrinkage of the per-label thresholds toward the pooled
+                one (:func:`fit_calibration`).
 
         Returns:
             The new :class:`Calibration` (also stored in ``self.calibration``).
@@ -954,14 +1021,16 @@ class Tagger:
         feats, targets = [], []
         idx = list(range(len(dataset)))
         with torch.no_grad():
-            emb = self.model.encode_labels(labels)
+            emb = self._label_embeddings(labels)
             for _, chunk in self._iter_batches(fn, idx, batch_size, progress):
                 pairs = [dataset[i] for i in chunk]
                 ims = [p[0] if isinstance(p[0], Tensor) else self.transform(p[0]) for p in pairs]
                 x = torch.stack(ims).to(self.device)
                 feats.append(self.forward(x, emb).features.cpu())
                 targets.append(torch.stack([torch.as_tensor(p[1]) for p in pairs]))
-        self.calibration = fit_calibration(torch.cat(feats), torch.cat(targets), labels)
+        self.calibration = fit_calibration(
+            torch.cat(feats), torch.cat(targets), labels, prior_positives=prior_positives
+        )
         return self.calibration
 
     def explain(
@@ -1010,7 +1079,7 @@ class Tagger:
         plan = out.plan[0][:, chosen].cpu()  # (N, C) -> (N, C')
         prior = out.prior[0][:, chosen].cpu()
         maps = viz.plan_heatmaps(plan, grid)
-        result: dict[str, Any] = {n: viz.upsample(m, pil.size) for n, m in zip(names, maps)}
+        result: dict[str, Any] = {n: viz.upsample(m, pil.size) for n, m in zip(names, maps, strict=True)}
         if out_dir is not None and names:
             result["_files"] = viz.save_explanations(
                 pil, plan, names, out_dir, grid=grid, prior=prior, prefix=prefix

@@ -33,7 +33,7 @@ def files(tmp_path_factory):
     torch.manual_seed(0)
     tagger = Tagger(build_ram(TINY_MODEL_NAME, pretrained=None), LABELS)
     targets = torch.eye(4, 3)
-    tagger.calibrate([(Image.open(p), t) for p, t in zip(paths, targets)], LABELS)
+    tagger.calibrate([(Image.open(p), t) for p, t in zip(paths, targets, strict=True)], LABELS)
     ckpt = tagger.save(d / "tagger.pt")
     split = d / "split.json"
     split.write_text(json.dumps({

@@ -3,6 +3,7 @@
 import itertools
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,6 +13,7 @@ from ram_ot.metrics import calibrate_thresholds
 from ram_ot.model import build_ram
 from ram_ot.tagger import (
     FORMAT,
+    PRIOR_POSITIVES,
     Calibration,
     Tag,
     Tagger,
@@ -35,9 +37,9 @@ def _oracle(scores, targets):
             continue
         best = None
         for t in sorted(set(s), reverse=True):
-            tp = sum(1 for v, p in zip(s, y) if v >= t and p)
-            fp = sum(1 for v, p in zip(s, y) if v >= t and not p)
-            fn = sum(1 for v, p in zip(s, y) if v < t and p)
+            tp = sum(1 for v, p in zip(s, y, strict=True) if v >= t and p)
+            fp = sum(1 for v, p in zip(s, y, strict=True) if v >= t and not p)
+            fn = sum(1 for v, p in zip(s, y, strict=True) if v < t and p)
             f1 = 2 * tp / (2 * tp + fp + fn)
             if best is None or f1 > best[0]:
                 best = (f1, t)
@@ -78,6 +80,42 @@ def test_fit_calibration_recovers_a_separable_rule():
     assert cal.threshold_for(["zebra"]).item() == cal.default_threshold
 
 
+def test_fit_calibration_shrinks_a_label_with_one_weak_positive_to_the_pooled_threshold():
+    # Regression (issue 16): "rare" has a single validation positive, scored below most of its
+    # negatives. Its own F1-optimal cut is that positive's score, so it would fire on most
+    # images; shrunk toward the pooled threshold by its one positive, it must not.
+    g = torch.Generator().manual_seed(0)
+    n = 200
+    f = torch.randn(n, 3, 2, generator=g)
+    y = f[..., 0] > 0.5  # "a" and "b": ~60 positives each, separable
+    y[:, 2] = False
+    f[0, 2, 0] = -1.5  # the one positive of "rare": weaker than ~93% of its negatives
+    y[0, 2] = True
+    labels = ["a", "b", "rare"]
+    cal = fit_calibration(f, y, labels)
+    p = presence_probability(f, cal.weights)
+    own, pool, k = p[0, 2].double(), cal.default_threshold, PRIOR_POSITIVES
+    assert k >= 5
+    torch.testing.assert_close(cal.thresholds[2], (own + k * pool) / (1 + k))
+    fired = p[:, 2] >= cal.threshold_for(labels)[2].float()
+    assert fired.float().mean() < 0.45  # about the pooled cut's rate, not most images
+    # many positives: the own threshold dominates (60 positives against k)
+    unshrunk = fit_calibration(f, y, labels, prior_positives=0)
+    n_a = float(y[:, 0].sum())
+    torch.testing.assert_close(
+        cal.thresholds[0], (n_a * unshrunk.thresholds[0] + k * pool) / (n_a + k)
+    )
+    # without shrinkage the rare label's own cut floods it with false positives
+    assert unshrunk.thresholds[2] == own
+    assert (p[:, 2] >= unshrunk.thresholds[2].float()).float().mean() > 0.85
+    # a label without a validation positive has no threshold of its own
+    y[0, 2] = False
+    assert fit_calibration(f, y, labels).thresholds[2].isnan()
+    for bad in (-1, float("inf"), True, "10"):
+        with pytest.raises(ValueError, match="prior_positives"):
+            fit_calibration(f, y, labels, prior_positives=bad)
+
+
 def test_presence_features_are_label_count_independent_in_scale():
     # the global feature is exactly the cosine; the local one is C * matched
     lg = torch.tensor([[10.0, -5.0, 2.0]])
@@ -108,7 +146,7 @@ def calibrated(model, images):
     t = Tagger(model, LABELS)
     targets = torch.zeros(len(images), len(LABELS))
     targets[torch.arange(len(images)), torch.arange(len(images)) % len(LABELS)] = 1
-    t.calibrate(list(zip(images, targets)), LABELS)
+    t.calibrate(list(zip(images, targets, strict=True)), LABELS)
     return t
 
 
@@ -216,7 +254,7 @@ def test_predict_batches_agree_and_bad_files_are_skipped(calibrated, images, tmp
         warnings.simplefilter("ignore")
         many = calibrated.predict(files, top_k=3, batch_size=4, progress=True)
     assert one[2] is None and many[2] is None
-    for a, b in zip(one, many):
+    for a, b in zip(one, many, strict=True):
         if a is not None:
             assert [t.label for t in a] == [t.label for t in b]
             torch.testing.assert_close(torch.tensor([t.score for t in a]), torch.tensor([t.score for t in b]))
@@ -271,3 +309,58 @@ def test_write_trained_tagger_without_val_is_uncalibrated_and_checks_val(model, 
     with pytest.raises(ValueError, match="val_dataset"):
         write_trained_tagger(model, tmp_path / "u.pt", labels=LABELS, pretrained=None,
                              val_dataset=[(images[0], torch.ones(4))])  # fmt: skip
+
+
+def test_label_embeddings_are_cached_until_the_prompts_change(model, images, monkeypatch):
+    t = Tagger(model, LABELS)
+    x = torch.stack([t.transform(im) for im in images])
+    calls = []
+    encode = model.prompts.forward
+    monkeypatch.setattr(model.prompts, "forward", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    a, b = t.forward(x, LABELS), t.forward(x, LABELS)
+    assert len(calls) == 1  # the second call used the cache
+    with torch.no_grad():
+        uncached = t.forward(x, model.encode_labels(LABELS))  # embeddings given: no cache
+    for out in (a, b):
+        torch.testing.assert_close(out.scores, uncached.scores, rtol=0, atol=0)
+        torch.testing.assert_close(out.plan, uncached.plan, rtol=0, atol=0)
+    maps1 = t.explain(images[0], top_k=2)
+    maps2 = Tagger(model, LABELS).explain(images[0], top_k=2)  # a fresh tagger: no cache
+    assert maps1.keys() == maps2.keys()
+    for k in maps1:
+        np.testing.assert_array_equal(maps1[k], maps2[k])
+    # an in-place change of a trained prompt parameter invalidates the cache
+    p = next(model.prompts.parameters())
+    saved = p.detach().clone()
+    try:
+        with torch.no_grad():
+            p.add_(0.5)
+        n = len(calls)
+        changed = t.forward(x, LABELS)
+        assert len(calls) == n + 1
+        with torch.no_grad():
+            fresh = t.forward(x, model.encode_labels(LABELS))
+        torch.testing.assert_close(changed.scores, fresh.scores, rtol=0, atol=0)
+        assert not torch.equal(changed.scores, a.scores)
+    finally:
+        with torch.no_grad():
+            p.copy_(saved)
+
+
+def test_bench_cross_validation_of_prior_positives_and_rules():
+    from ram_ot.bench.tagger import CV_PRIORS, compare_rules, select_prior_positives
+
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(80, 4, 2, generator=g)
+    y = (f[..., 0] + 0.5 * torch.randn(80, 4, generator=g)) > 0.8
+    cv = select_prior_positives(f, y, ["a", "b", "c", "d"], repeats=2)
+    assert cv["n_splits"] == 4 and [r["k"] for r in cv["rows"]] == list(CV_PRIORS)
+    pooled = cv["rows"][-1]
+    assert pooled["dOF1"] == 0 and pooled["dCF1"] == 0
+    assert all(0 <= r["OF1"] <= 1 and 0 <= r["CF1"] <= 1 for r in cv["rows"])
+    cal = fit_calibration(f, y, ["a", "b", "c", "d"])
+    p = presence_probability(f, cal.weights)
+    thr = cal.threshold_for(["a", "b", "c", "d"])
+    rules = compare_rules(p, p, y, thr, cal.default_threshold, unshrunk=thr)
+    assert rules["calibrated"] == rules["unshrunk"]
+    assert {"top-1", "top-3", "calibrated", "default thr", "test-oracle"} <= rules.keys()

@@ -11,6 +11,8 @@ compares, on the test images, the tags of each rule of :meth:`ram_ot.Tagger.pred
 - ``calibrated``: ``predict``'s default rule, the presence probability against each seen
   label's F1-optimal validation threshold, and the pooled *default threshold* for any label
   without one (free-text labels; here the unseen labels);
+- ``unshrunk``: the same presence model with each seen label's own F1-optimal threshold
+  as it is (``prior_positives=0``, the rule before the shrinkage);
 - ``default thr``: the default threshold for every label (the free-text rule);
 - ``test-oracle``: per-label F1-optimal thresholds fitted on the test set itself. Not a
   rule anyone can use (it sees the test labels): it shows what per-label thresholds on the
@@ -24,6 +26,15 @@ label, ranked over the 17 unseen labels: every label is free text, so ``calibrat
 default threshold). Each label set is scored on its own: the transport plan, the fused
 softmax and the local presence feature depend on the labels asked for.
 
+**Choosing the shrinkage on the validation split.** Before the test sets are scored, the
+validation images' presence features are split in two halves at random (25 times, each
+half in turn the fitting half): :func:`ram_ot.tagger.fit_calibration` is fitted on one half
+with each candidate ``prior_positives`` k and scored (OF1, CF1) on the other. The report
+gives the mean and its difference to the pooled threshold alone (k = inf), paired over the
+50 splits (standard errors of the mean difference; the splits overlap, so they understate
+the uncertainty). ``ram_ot.tagger.PRIOR_POSITIVES`` was set from this table; the test
+sets play no part in it.
+
 Columns: ``OP / OR / OF1`` over all (image, label) pairs (micro), ``CP / CR / CF1`` the means
 over all C labels and the F1 of those means (macro, as :mod:`ram_ot.metrics` defines them),
 ``iP / iR`` per image: the mean precision over the images with at least one tag and the
@@ -36,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -71,7 +83,8 @@ def prediction_metrics(pred: Tensor, targets: Tensor) -> dict[str, float]:
 
 
 def compare_rules(
-    scores: Tensor, presence: Tensor, targets: Tensor, thresholds: Tensor, default: float
+    scores: Tensor, presence: Tensor, targets: Tensor, thresholds: Tensor, default: float,
+    unshrunk: Tensor | None = None,
 ) -> dict[str, dict[str, float]]:
     """Every rule's :func:`prediction_metrics` on one test set (see the module docstring).
 
@@ -79,6 +92,8 @@ def compare_rules(
         scores: (N, C) fused softmax scores. presence: (N, C) presence probabilities.
         targets: (N, C) multi-hot. thresholds: (C,) the calibrated thresholds of the labels
             (``Calibration.threshold_for``). default: the default (pooled) threshold.
+        unshrunk: (C,) the per-label thresholds without shrinkage (``prior_positives=0``),
+            optional.
     """
     from ram_ot.metrics import calibrate_thresholds
 
@@ -92,11 +107,80 @@ def compare_rules(
         assert abs(ref.OF1 - m["OF1"]) < 1e-9 and abs(ref.CF1 - m["CF1"]) < 1e-9
     p = presence.double()
     out["calibrated"] = prediction_metrics(p >= thresholds.double(), t)
+    if unshrunk is not None:
+        out["unshrunk"] = prediction_metrics(p >= unshrunk.double(), t)
     out["default thr"] = prediction_metrics(p >= default, t)
     oracle = calibrate_thresholds(p, t)
     oracle = torch.where(oracle.isnan(), torch.full_like(oracle, 2.0), oracle)  # no positive: none
     out["test-oracle"] = prediction_metrics(p >= oracle, t)
     return out
+
+
+CV_PRIORS = (0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 40.0, math.inf)
+CV_REPEATS = 25
+
+
+def _micro_macro_f1(pred: Tensor, t: Tensor) -> tuple[float, float]:
+    r = _prf1_from_counts(torch.stack([(pred & t).sum(0), (pred & ~t).sum(0),
+                                       (~pred & t).sum(0)]).long())  # fmt: skip
+    return r.OF1, r.CF1
+
+
+def select_prior_positives(
+    features: Tensor, targets: Tensor, labels: list[str], *, repeats: int = CV_REPEATS, seed: int = 0
+) -> dict[str, Any]:
+    """Two-fold cross-validation of ``fit_calibration``'s `prior_positives` on a validation split.
+
+    Returns ``{"repeats", "rows": [{"k", "OF1", "CF1", "dOF1", "dOF1_se", "dCF1", "dCF1_se"}]}``
+    (d*: the paired difference to k = inf, the pooled threshold alone).
+    """
+    from ram_ot.tagger import fit_calibration, presence_probability
+
+    t = targets > 0
+    n = t.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    scores: dict[float, list[tuple[float, float]]] = {k: [] for k in CV_PRIORS}
+    for _ in range(repeats):
+        perm = torch.randperm(n, generator=g)
+        halves = (perm[: n // 2], perm[n // 2 :])
+        for a, b in (halves, halves[::-1]):
+            if not t[a].any() or t[a].all():
+                continue
+            for k in CV_PRIORS:
+                cal = fit_calibration(features[a], t[a], labels, prior_positives=1e12 if math.isinf(k) else k)
+                thr = cal.threshold_for(labels)
+                pred = presence_probability(features[b], cal.weights).double() >= thr
+                scores[k].append(_micro_macro_f1(pred, t[b]))
+    base = torch.tensor(scores[math.inf], dtype=torch.float64)
+    rows = []
+    for k in CV_PRIORS:
+        v = torch.tensor(scores[k], dtype=torch.float64)
+        d = v - base
+        se = d.std(0) / math.sqrt(len(d)) if len(d) > 1 else torch.zeros(2)
+        rows.append({"k": k, "OF1": float(v[:, 0].mean()), "CF1": float(v[:, 1].mean()),
+                     "dOF1": float(d[:, 0].mean()), "dOF1_se": float(se[0]),
+                     "dCF1": float(d[:, 1].mean()), "dCF1_se": float(se[1])})  # fmt: skip
+    return {"repeats": repeats, "n_splits": len(base), "rows": rows}
+
+
+def _val_features(tagger: Any, run_dir: str, args: argparse.Namespace) -> tuple[Tensor, Tensor, list[str]]:
+    """Presence features and targets of the run's validation images (as ``ram-ot train`` held them out)."""
+    from ram_ot.cli.train import build_datasets
+    from ram_ot.data.transforms import clip_normalization
+
+    mean, std = clip_normalization(tagger.model.clip_model)
+    data = build_datasets(os.path.join(run_dir, "demo_data"), image_size=tagger.model.ladder.image_size,
+                          mean=mean, std=std, val_fraction=0.1, seed=args.seed)  # fmt: skip
+    val = data.val
+    labels = list(val.labels)
+    emb = tagger.model.encode_labels(labels)
+    feats, targets = [], []
+    with torch.no_grad():
+        for s in range(0, len(val), 64):
+            pairs = [val[i] for i in range(s, min(s + 64, len(val)))]
+            feats.append(tagger.forward(torch.stack([p[0] for p in pairs]), emb).features)
+            targets.append(torch.stack([torch.as_tensor(p[1]) for p in pairs]))
+    return torch.cat(feats), torch.cat(targets), labels
 
 
 def _train(out_dir: str, args: argparse.Namespace) -> float:
@@ -125,6 +209,14 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         cal = tagger.calibration
         if cal is None:
             raise RuntimeError("bench tagger: the run wrote an uncalibrated tagger")
+        from ram_ot.tagger import PRIOR_POSITIVES, fit_calibration
+
+        vf, vt, vlabels = _val_features(tagger, d, args)
+        refit = fit_calibration(vf, vt, vlabels)  # the run's own calibration, recomputed
+        if not torch.allclose(refit.weights, cal.weights, rtol=1e-4, atol=1e-6):
+            raise RuntimeError("bench tagger: the validation split differs from the run's")
+        cv = select_prior_positives(vf, vt, vlabels)
+        unshrunk_cal = fit_calibration(vf, vt, vlabels, prior_positives=0)
         g_targets = data.test_gzsl.targets
         seen_cols = [gzsl.index(c) for c in seen]
         has_seen = g_targets[:, seen_cols].any(1)
@@ -143,7 +235,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
                 raise RuntimeError(f"bench tagger: unreadable test images in {name}")
             own = sum(1 for c in labels if c in cal.labels)
             rules = compare_rules(scores, presence, targets, cal.threshold_for(labels),
-                                  cal.default_threshold)  # fmt: skip
+                                  cal.default_threshold, unshrunk_cal.threshold_for(labels))  # fmt: skip
             from ram_ot.metrics import mean_average_precision
 
             results[name] = {
@@ -162,6 +254,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
             "threshold_min": float(per_label.min()), "threshold_median": float(per_label.median()),
             "threshold_max": float(per_label.max()),
         },
+        "prior_positives": PRIOR_POSITIVES, "cv": cv,
         "train_s": train_s, "eval_s": eval_s, "sets": results,
     }  # fmt: skip
 
@@ -175,9 +268,19 @@ def format_report(res: dict[str, Any]) -> str:
         f"calibration: presence = sigmoid({c['weights'][0]:.2f} cos_g + {c['weights'][1]:.2f} u "
         f"+ {c['weights'][2]:.2f}); {c['n_with_threshold']}/{c['n_labels']} seen labels with "
         f"their own threshold (min {c['threshold_min']:.3f}, median {c['threshold_median']:.3f}, "
-        f"max {c['threshold_max']:.3f}); default threshold {c['default_threshold']:.3f}",
+        f"max {c['threshold_max']:.3f}); default threshold {c['default_threshold']:.3f}; "
+        f"shrinkage prior_positives = {res['prior_positives']:g}",
         "",
     ]
+    cv = res["cv"]
+    lines.append(f"choice of prior_positives k on the validation split ({cv['n_splits']} "
+                 f"half/half splits; d = paired difference to k = inf, the pooled threshold):")  # fmt: skip
+    lines.append(f"  {'k':>6}{'OF1':>8}{'CF1':>8}{'dOF1':>16}{'dCF1':>16}")
+    for row in cv["rows"]:
+        lines.append(f"  {row['k']:>6g}{100 * row['OF1']:8.2f}{100 * row['CF1']:8.2f}"
+                     f"{100 * row['dOF1']:+10.2f} ± {100 * row['dOF1_se']:.2f}"
+                     f"{100 * row['dCF1']:+10.2f} ± {100 * row['dCF1_se']:.2f}")  # fmt: skip
+    lines.append("")
     cols = ("OP", "OR", "OF1", "CP", "CR", "CF1", "iP", "iR")
     for name, r in res["sets"].items():
         lines.append(
@@ -194,7 +297,8 @@ def format_report(res: dict[str, Any]) -> str:
                          + f"{m['tags']:7.2f}{100 * m['empty']:6.1f}%{ratio:11.3f}")  # fmt: skip
         lines.append("")
     lines.append(
-        "calibrated = seen labels' own thresholds, default threshold for the others; "
+        "calibrated = seen labels' own thresholds shrunk toward the default one, the default "
+        "threshold for the others; unshrunk = the seen labels' own thresholds as they are; "
         "test-oracle = per-label thresholds fitted on the test set (not a rule; no val->test gap). "
         "Values in %; iP / iR per image; tags per image; empty: images without a tag."
     )

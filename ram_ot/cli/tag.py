@@ -99,18 +99,18 @@ def _write(fmt: str, files: list[str], results: list, out=None) -> None:
         rows = [
             {"image": f, "tags": None if r is None else [{"label": t.label, "score": t.score} for t in r]}
             | ({"error": "could not be read"} if r is None else {})
-            for f, r in zip(files, results)
+            for f, r in zip(files, results, strict=True)
         ]
         json.dump(rows, out, indent=1)
         out.write("\n")
     elif fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
         w.writerow(["image", "label", "score"])
-        for f, r in zip(files, results):
+        for f, r in zip(files, results, strict=True):
             for t in r or []:
                 w.writerow([f, t.label, f"{t.score:.6g}"])
     else:
-        for f, r in zip(files, results):
+        for f, r in zip(files, results, strict=True):
             if r is not None:
                 out.write(f"{f}: " + ", ".join(f"{t.label} ({t.score:.3f})" for t in r) + "\n")
 
@@ -151,14 +151,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             batch_size=args.batch_size, progress=False if args.no_progress else None,
         )  # fmt: skip
         if args.explain:
-            for f, r in zip(files, results):
+            for f, r in zip(files, results, strict=True):
                 if r:
                     tagger.explain(
                         f, labels, show=[t.label for t in r], out_dir=args.explain,
                         prefix=Path(f).stem,
                     )  # fmt: skip
     _write(args.format, files, results)
-    bad = [f for f, r in zip(files, results) if r is None]
+    bad = [f for f, r in zip(files, results, strict=True) if r is None]
     return 1 if bad else 0
 
 
