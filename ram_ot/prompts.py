@@ -274,11 +274,14 @@ class PromptEncoder(nn.Module):
         own = torch.cat(
             [F.pad(x[:, s:], (0, 0, 0, width - (x.shape[1] - s))) for x in x_all], dim=0
         )  # (C, width, W); rows after a label's EOT are never read by it (causal)
-        chunks = []
-        for c in range(0, len(order), self.chunk_size):
-            idx = order[c : c + self.chunk_size].to(tokens.device)
-            m = int(lengths[idx].max())
-            chunks.append((idx, own[idx, :m], (lengths[idx] - 1)))
+        # one chunk per own length (split at `chunk_size`): no padding to compute on
+        chunks, start = [], 0
+        for count in torch.unique_consecutive(lengths.cpu()[order], return_counts=True)[1]:
+            for c in range(start, start + int(count), self.chunk_size):
+                idx = order[c : min(c + self.chunk_size, start + int(count))].to(tokens.device)
+                m = int(lengths[idx].max())
+                chunks.append((idx, own[idx, :m], lengths[idx] - 1))
+            start += int(count)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order))
         return _Prepared(shared, chunks, inverse.to(tokens.device))
