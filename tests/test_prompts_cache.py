@@ -87,7 +87,7 @@ def test_cached_equals_uncached_features_and_gradients(tower, layers, kw):
     for _ in range(2):  # cache filled, then cache hit
         f_on, g_on = _grads(on, NAMES, w)
         torch.testing.assert_close(f_on, f_off, rtol=1e-5, atol=1e-5)
-        for a, b in zip(g_on, g_off):
+        for a, b in zip(g_on, g_off, strict=True):
             _close(a, b)
     assert on._state_cache and not off._state_cache
 

@@ -103,26 +103,30 @@ def main(argv: list[str]) -> int:
     for config in args.config:
         layers = PRESETS[config].text_deep_layers if depth == 12 else None
         labels = _labels(args.labels or N_LABELS[config])
-        encs = {v: _encoder(clip_model, tokenizer, layers, v, device) for v in ("off", "full", "on")}
+        encs = {
+            v: _encoder(clip_model, tokenizer, layers, v, device) for v in ("off", "full", "on")
+        }
         g = torch.Generator().manual_seed(2)
         dim = encs["off"](labels[:1]).shape[-1]
         weight = torch.randn(len(labels), dim, generator=g).to(device)
         ref = _step(encs["off"], labels, weight)
         for v in ("full", "on"):  # warm-up (fills the cache) and the check against cache off
             got = _step(encs[v], labels, weight)
-            err = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(got, ref))
+            err = max(
+                float((a - b).abs().max() / b.abs().max()) for a, b in zip(got, ref, strict=True)
+            )
             if not err < 1e-4:
                 raise AssertionError(f"text-side: {v} differs from cache off by {err:.2e}")
         ms: dict[str, list[tuple[float, float]]] = {v: [] for v in encs}
         ev: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
         for _ in range(args.repeats):
             for v, enc in encs.items():
-                ms[v].append(timer(lambda enc=enc: _step(enc, labels, weight)))
+                ms[v].append(timer(lambda enc=enc, lb=labels, w=weight: _step(enc, lb, w)))
             for v in ev:
                 enc = encs[v].eval()
                 with torch.no_grad():
                     enc(labels)  # cache on: fills the feature cache
-                    ev[v].append(timer(lambda enc=enc: enc(labels)))
+                    ev[v].append(timer(lambda enc=enc, lb=labels: enc(lb)))
                 enc.train()
         tokens = tokenizer([f"a photo of a {n}." for n in labels])
         lens = tokens.argmax(dim=-1) + 1
