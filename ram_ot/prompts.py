@@ -311,9 +311,8 @@ class PromptEncoder(nn.Module):
         """The cached `_Prepared` of `texts`, recomputed when the weights it rests on change."""
         text = _text_parts("PromptEncoder", self.clip_model)
         tensors = self._prefix_tensors(text)
-        tokens = self._tokens(texts, device)
         if any(t.requires_grad for t in tensors):  # a trainable early layer: nothing to cache
-            return self._prepare(tokens, text)
+            return self._prepare(self._tokens(texts, device), text)
         key = (texts, self._context_key(device))
         sig = _signature(tensors)
         hit = self._state_cache.get(key)
@@ -321,7 +320,7 @@ class PromptEncoder(nn.Module):
             self._state_cache.move_to_end(key)
             return hit[1]
         with torch.no_grad():
-            prep = self._prepare(tokens, text)
+            prep = self._prepare(self._tokens(texts, device), text)
         self._state_cache[key] = (sig, prep)
         while len(self._state_cache) > _CACHE_SIZE:
             self._state_cache.popitem(last=False)
