@@ -8,7 +8,8 @@ the chosen text layers and dropped again after each of them (Tan et al., "Recove
 Match", CVPR 2025, arXiv 2503.15337; the deep prompting of MaPLe/VPT-deep).
 
 Without deep prompts the features are frozen: they equal open_clip's ``encode_text`` of the
-templated names and are cached per label list.
+templated names and are cached per label list. With deep prompts the frozen layers before the
+first prompted one are cached (``cache_text``, see ``docs/prompts.md``).
 """
 
 from __future__ import annotations
@@ -58,9 +59,14 @@ class PromptEncoder(nn.Module):
     tower's raw output, as in the reference. Several (`templates`): prompt ensembling — the
     mean of the L2-normalised embeddings over templates, renormalised (unit norm).
 
-    **Caching and chunks.** Frozen features (no deep prompts) are computed without
-    gradients and cached per label list (the last 8 lists). Labels are encoded
-    `chunk_size` at a time, so long vocabularies (NUS-WIDE's 1006) fit in memory.
+    **Caching and chunks.** With `cache_text` (default), per label list (the last 8): the
+    hidden states entering the first prompted layer are computed once without gradients, and
+    each call runs only the prompted layers, on the labels' own positions (the positions all
+    labels share once, the last layer at the EOT token only); the final features are cached
+    whenever they carry no gradient (frozen features, or gradients off). Entries are
+    recomputed when a tensor they depend on changes (version counter, storage, dtype,
+    device), so the results are those of the whole tower to float rounding. Labels are
+    encoded `chunk_size` at a time, so long vocabularies (NUS-WIDE's 1006) fit in memory.
 
     Deviation from the reference: it cuts the sequence at 77 while the prompts are in it
     (a label of more than 72 tokens would lose its EOT token in those layers); here the
@@ -79,6 +85,8 @@ class PromptEncoder(nn.Module):
         chunk_size: labels encoded per text-tower call.
         device: device of the prompts (default: the CLIP's).
         dtype: dtype of the prompts (default float32).
+        cache_text: cache as above (False: the whole tower on every call, nothing cached);
+            also settable later as the attribute ``cache_text``.
     """
 
     def __init__(
