@@ -247,3 +247,13 @@ def test_ram_passes_the_switch_on(tiny_clip):
     assert RAM(model, tok).prompts.cache_text
     ram = RAM(model, tok, cache_text=False)
     assert not ram.prompts.cache_text and not ram.teacher_prompts.cache_text
+
+
+def test_text_side_benchmark_runs(capsys):
+    from ram_ot.backbones.open_clip import TINY_MODEL_NAME
+    from ram_ot.bench.text_side import main
+
+    argv = ["--model", TINY_MODEL_NAME, "--config", "coco", "--labels", "6", "--repeats", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "6 labels" in out and "| train step, cache on (default) |" in out
