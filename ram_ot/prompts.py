@@ -344,6 +344,7 @@ class PromptEncoder(nn.Module):
             return self._finish(text, self._cached_full(prep, text), prep)
         blocks = list(text.transformer.resblocks)
         first, depth, n_ctx = self.deep_layers[0], len(blocks), self.n_ctx
+        batch_first = getattr(text.transformer, "batch_first", True)
         # the shared positions, once: their keys/values at every layer from `first` on
         shared_kv, h = [], prep.shared
         for i in range(first, depth):
@@ -352,7 +353,12 @@ class PromptEncoder(nn.Module):
                 h = torch.cat([h[:, :1], ctx.to(h.dtype)[None], h[:, 1:]], dim=1)
             shared_kv.append(_keys_values(blocks[i], h))
             if i < depth - 1:
-                h = blocks[i](h, attn_mask=_causal_mask(h.shape[1], h.device, h.dtype))
+                mask = _causal_mask(h.shape[1], h.device, h.dtype)
+                h = (
+                    blocks[i](h, attn_mask=mask)
+                    if batch_first
+                    else blocks[i](h.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+                )
                 if ctx is not None:
                     h = torch.cat([h[:, :1], h[:, 1 + n_ctx :]], dim=1)
         outs = []
