@@ -66,6 +66,8 @@ class RAM(nn.Module):
         chunk_size: labels per text-tower call.
         device: device of the new parameters (default: the CLIP's).
         dtype: dtype of the new parameters (default float32).
+        cache_text: cache the text side (:class:`~ram_ot.prompts.PromptEncoder`'s
+            ``cache_text``; exact, off only to compare or to save memory).
 
     Example:
         >>> from ram_ot.backbones.open_clip import TINY_MODEL_NAME
@@ -97,6 +99,7 @@ class RAM(nn.Module):
         chunk_size: int = 256,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        cache_text: bool = True,
     ) -> None:
         super().__init__()
         object.__setattr__(self, "clip_model", clip_model)  # by reference, frozen below
@@ -119,9 +122,15 @@ class RAM(nn.Module):
             chunk_size=chunk_size,
             device=device,
             dtype=dtype,
+            cache_text=cache_text,
         )
         self.teacher_prompts = PromptEncoder(
-            clip_model, tokenizer, template=teacher_template, n_ctx=0, chunk_size=chunk_size
+            clip_model,
+            tokenizer,
+            template=teacher_template,
+            n_ctx=0,
+            chunk_size=chunk_size,
+            cache_text=cache_text,
         )
         scale = (
             float(clip_model.logit_scale.detach().exp())
