@@ -152,6 +152,11 @@ def _is_check(k: int, max_iter: int, tol: float, check_every: int) -> bool:
     return k == max_iter or (tol > 0 and k % check_every == 0)
 
 
+def _max_change(x: Tensor, x_prev: Tensor, real: Tensor) -> Tensor:
+    """``max_i |x_i − x'_i|`` over the real entries of each problem; (B,)."""
+    return torch.where(real, x - x_prev, torch.zeros_like(x)).abs().amax(dim=1)
+
+
 def _unbalanced_error(
     f: Tensor,
     f_prev: Tensor,
@@ -166,9 +171,7 @@ def _unbalanced_error(
     Divided by `reg`, the change is that of the log scalings (of ``log T``), which does not
     depend on the units of the cost or on the masses.
     """
-    df = torch.where(real_a, f - f_prev, torch.zeros_like(f)).abs().amax(dim=1)
-    dg = torch.where(real_b, g - g_prev, torch.zeros_like(g)).abs().amax(dim=1)
-    return (df + dg) / reg
+    return (_max_change(f, f_prev, real_a) + _max_change(g, g_prev, real_b)) / reg
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,7 +204,7 @@ def solve_lse(
     ``torch.compile`` traces (all `max_iter` iterations run: the same results).
     """
     B, N, M = cost.shape
-    dtype, device = cost.dtype, cost.device
+    device = cost.device
     compiling = is_compiling()
     balanced = fi_a == 1.0 and fi_b == 1.0
     real_a = torch.isfinite(log_a)
@@ -233,10 +236,7 @@ def solve_lse(
                 err = (torch.exp(F_new + lse_row_new) - mass_a).abs().sum(dim=1)
             else:
                 # (max |Δf| + max |Δg|)/reg over real entries; inf at iteration 1 (F = −inf)
-                zf = torch.zeros((), dtype=dtype, device=device)
-                df = torch.where(real_a, F_new - F, zf).abs().amax(dim=1)
-                dg = torch.where(real_b, G_new - G, zf).abs().amax(dim=1)
-                err = df + dg
+                err = _max_change(F_new, F, real_a) + _max_change(G_new, G, real_b)
             err = err.detach()
             if active is None:  # the first test: every problem is running
                 stop = (err < tol) if (tol > 0 and not last) else None  # None: all stop
@@ -390,23 +390,18 @@ class _Kernel:
         for i in active:
             torch.mv(mats[i], u[i], out=out[i])
 
-    def lse_f(self, idx: Tensor, g: Tensor, log_a: Tensor, fi_a: float) -> Tensor:
-        """Log-domain f-update of problems `idx` given absolute ``g (b, M)``."""
-        Cl, reg = self.Cl[idx], self.reg
-        if self.t:
-            lse = torch.logsumexp((g[:, :, None] - Cl) / reg, dim=1)
-        else:
-            lse = torch.logsumexp((g[:, None, :] - Cl) / reg, dim=2)
-        return fi_a * (reg * log_a - reg * lse)
+    def lse_update(self, side: str, idx: Tensor, p: Tensor, log_m: Tensor, fi: float) -> Tensor:
+        """Log-domain update of `side` (``"f"`` or ``"g"``) of problems `idx`.
 
-    def lse_g(self, idx: Tensor, f: Tensor, log_b: Tensor, fi_b: float) -> Tensor:
-        """Log-domain g-update of problems `idx` given absolute ``f (b, N)``."""
+        `p` is the other side's absolute potential (``g (b, M)`` for the f-update, ``f (b, N)``
+        for the g-update), `log_m` and `fi` the updated side's log masses and ``fi``.
+        """
         Cl, reg = self.Cl[idx], self.reg
-        if self.t:
-            lse = torch.logsumexp((f[:, None, :] - Cl) / reg, dim=2)
+        if (side == "f") != self.t:  # p runs along the storage's last axis
+            lse = torch.logsumexp((p[:, None, :] - Cl) / reg, dim=2)
         else:
-            lse = torch.logsumexp((f[:, :, None] - Cl) / reg, dim=1)
-        return fi_b * (reg * log_b - reg * lse)
+            lse = torch.logsumexp((p[:, :, None] - Cl) / reg, dim=1)
+        return fi * (reg * log_m - reg * lse)
 
     def plan_into(self, out: Tensor, stop: Tensor | None, u: Tensor, v: Tensor) -> None:
         """``out[i] = u_i K_i v_i`` (B, N, M) for the problems `stop` (bool (B,); None = all)."""
@@ -465,6 +460,19 @@ def _out_of_range(
     return bad.nonzero()[:, 0].tolist()
 
 
+def _exp_factor(fi: float, c: float, log_m: Tensor, real: Tensor, p: Tensor) -> Tensor:
+    """``exp(fi·log m − c·p)`` (p taken as 0 where not `real`), with ``c = (1 − fi)/reg``: the
+    unbalanced scaling's factor for absorbed potentials `p` (fixed between absorptions)."""
+    return torch.exp(fi * log_m - c * torch.where(real, p, 0.0))
+
+
+def _skipped(absent: Tensor | None, active: Tensor, n: int) -> Tensor:
+    """(B, n) entries the range test ignores: the `absent` ones and those of finished problems."""
+    if absent is None:
+        return ~active[:, None].expand(active.shape[0], n)
+    return absent | ~active[:, None]
+
+
 @torch.no_grad()
 def solve_scaling(
     cost: Tensor,
@@ -521,10 +529,11 @@ def solve_scaling(
     fa = torch.where(ra, ker.row_min(rb, masked) + reg * la, la)
     ga = reg * lb
     ker.set_all(fa, ga)
+    ea = eb = None
     if not balanced:
         # u = (a/Kv)^fi_a · exp(−(1 − fi_a)·fa/reg) = ea · Kv^(−fi_a), ea fixed between absorptions
-        ea = torch.exp(fi_a * la - ca * torch.where(ra, fa, 0.0))
-        eb = torch.exp(fi_b * lb - cb * torch.where(rb, ga, 0.0))
+        ea = _exp_factor(fi_a, ca, la, ra, fa)
+        eb = _exp_factor(fi_b, cb, lb, rb, ga)
 
     # persistent buffers, updated in place, with per-problem views for the products
     u = ones_a.clone()
@@ -537,52 +546,36 @@ def solve_scaling(
     active = list(range(B))
     ker.rows(active)
 
-    def fix_f(bad: list[int]) -> None:
-        """Redo the f-update of problems `bad` in the log domain and absorb it."""
+    def fix(side: str, bad: list[int]) -> None:
+        """Redo the `side` ("f" or "g") update of problems `bad` in the log domain and absorb it."""
         i = torch.tensor(bad, device=device)
-        g_abs = ga[i] + reg * torch.log(v[i])
-        fa[i] = ker.lse_f(i, g_abs, la[i], fi_a)
-        ga[i] = g_abs
-        absorbed(i)
-
-    def fix_g(bad: list[int]) -> None:
-        """Redo the g-update of problems `bad` in the log domain and absorb it."""
-        i = torch.tensor(bad, device=device)
-        f_abs = fa[i] + reg * torch.log(u[i])
-        ga[i] = ker.lse_g(i, f_abs, lb[i], fi_b)
-        fa[i] = f_abs
-        absorbed(i)
-
-    def absorbed(i: Tensor) -> None:
+        own, other, s_other, log_m, fi = (
+            (fa, ga, v, la, fi_a) if side == "f" else (ga, fa, u, lb, fi_b)
+        )
+        p = other[i] + reg * torch.log(s_other[i])  # the other side's absolute potential
+        own[i] = ker.lse_update(side, i, p, log_m[i], fi)
+        other[i] = p
         ker.set_some(i, fa[i], ga[i])
         u[i], v[i] = ones_a[i], ones_b[i]
         if not balanced:
-            ea[i] = torch.exp(fi_a * la[i] - ca * torch.where(ra[i], fa[i], 0.0))
-            eb[i] = torch.exp(fi_b * lb[i] - cb * torch.where(rb[i], ga[i], 0.0))
+            ea[i] = _exp_factor(fi_a, ca, la[i], ra[i], fa[i])
+            eb[i] = _exp_factor(fi_b, cb, lb[i], rb[i], ga[i])
+
+    def scale(out: Tensor, prod: Tensor, mass: Tensor, fi: float, e: Tensor | None) -> None:
+        """A scaling update in place: ``out = (mass / prod)^fi · e`` (``mass / prod`` when
+        balanced), i.e. u from Kv (f-update) or v from Kᵀu (g-update); a zero product gives
+        inf/NaN, caught by the range tests."""
+        if masked:
+            prod.clamp_min_(lim.tiny)  # absent rows (columns) have a zero product
+        if balanced:
+            torch.div(mass, prod, out=out)
+        else:
+            torch.pow(prod, -fi, out=out).mul_(e)
 
     # Range tests are lazy: the scalings are tested at the end of each window of LAZY_WINDOW
     # iterations (and at every convergence test) against a snapshot taken at the window's
     # start. If a test fails, the window is replayed from the snapshot with a test after
     # every half-iteration (and absorption where needed), as the strict scheme would run it.
-    def update_u() -> None:
-        """u = (a / Kv)^fi_a · exp(−(1 − fi_a)·fa/reg); Kv = 0 gives inf/NaN, caught by the tests."""
-        if masked:
-            Kv.clamp_min_(lim.tiny)  # absent rows have Kv = 0
-        if balanced:
-            torch.div(a, Kv, out=u)
-        else:
-            torch.pow(Kv, -fi_a, out=u).mul_(ea)
-
-    def update_v() -> None:
-        """K^T u, then v = (b / K^T u)^fi_b · exp(−(1 − fi_b)·ga/reg)."""
-        ker.cols(active)
-        if masked:
-            Ktu.clamp_min_(lim.tiny)
-        if balanced:
-            torch.div(b, Ktu, out=v)
-        else:
-            torch.pow(Ktu, -fi_b, out=v).mul_(eb)
-
     snap_u, snap_v, snap_kv = u.clone(), v.clone(), Kv.clone()
     k_snap, strict_until = 0, 0
     k = 0
@@ -594,8 +587,9 @@ def solve_scaling(
                 k_end = min(k_end, (k // check_every + 1) * check_every)
             while k < k_end - 1:
                 k += 1
-                update_u()
-                update_v()
+                scale(u, Kv, a, fi_a, ea)
+                ker.cols(active)
+                scale(v, Ktu, b, fi_b, eb)
                 ker.rows(active)
         k += 1
         strict = k <= strict_until
@@ -605,17 +599,18 @@ def solve_scaling(
             f_prev = fa + reg * torch.log(u) if k > 1 else torch.full_like(fa, -math.inf)
             g_prev = ga + reg * torch.log(v)
 
-        update_u()  # f-update
+        scale(u, Kv, a, fi_a, ea)  # f-update
         if strict:
             bad = _out_of_range(u, skip_a, 1.0, lim.u_lo, lim.u_hi, active_mask)
             if bad:
-                fix_f(bad)
+                fix("f", bad)
 
-        update_v()  # g-update
+        ker.cols(active)  # g-update
+        scale(v, Ktu, b, fi_b, eb)
         if strict:
             bad = _out_of_range(v, skip_b, 1.0, lim.u_lo, lim.u_hi, active_mask)
             if bad:
-                fix_g(bad)
+                fix("g", bad)
 
         last = k == max_iter
         if not last or balanced:
@@ -662,16 +657,8 @@ def solve_scaling(
             ker.plan_into(plan_out, None if every else stop, u, v)
         active_mask = active_mask & ~stop
         # finished problems keep being multiplied in bmm mode: exclude them from the test
-        skip_a = (
-            ~active_mask[:, None].expand(B, N)
-            if absent_a is None
-            else absent_a | ~active_mask[:, None]
-        )
-        skip_b = (
-            ~active_mask[:, None].expand(B, M)
-            if absent_b is None
-            else absent_b | ~active_mask[:, None]
-        )
+        skip_a = _skipped(absent_a, active_mask, N)
+        skip_b = _skipped(absent_b, active_mask, M)
         active = active_mask.nonzero()[:, 0].tolist()
         if not active:
             break

@@ -85,11 +85,150 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
 # --------------------------------------------------------------------------------------
-# The kernel. Defined undecorated and wrapped by ``triton.jit`` on first use, so that the
-# interpreter (TRITON_INTERPRET=1) is picked whenever it is set, not only at import time.
+# The kernels and the device functions they share. Defined undecorated and wrapped by
+# ``triton.jit`` on first use (see ``_kernel``), so that the interpreter (TRITON_INTERPRET=1)
+# is picked whenever it is set, not only at import time. Triton inlines the device functions
+# into each kernel, and ``tl.constexpr`` arguments (the reduction axis, ONCHIP) are resolved
+# at compile time: the kernels compile to the code they had with the updates written out.
+#
+# All of them work in base 2 on scaled quantities (see the module docstring): potentials
+# ``u``/``v``, scaled cost ``K``, log2 masses, and -inf on masked rows and columns.
 # --------------------------------------------------------------------------------------
 
 if triton is not None:
+
+    def _load_params(prm_ptr):
+        """The kernel scalars ``(scale, fi_a, fi_b, tol, to_cost, log2e)`` (see ``_params``)."""
+        scale = tl.load(prm_ptr)
+        fi_a = tl.load(prm_ptr + 1)
+        fi_b = tl.load(prm_ptr + 2)
+        tol = tl.load(prm_ptr + 3)
+        to_cost = tl.load(prm_ptr + 4)
+        log2e = tl.load(prm_ptr + 5)  # a literal would be rounded to float32
+        return scale, fi_a, fi_b, tol, to_cost, log2e
+
+    def _cost_block(cost_b, rows, rmask, cols, cmask, stride_cn, scale):
+        """The scaled cost ``K`` of rows x cols (0 outside the masks)."""
+        kk = tl.load(
+            cost_b + rows[:, None] * stride_cn + cols[None, :],
+            mask=rmask[:, None] & cmask[None, :],
+            other=0.0,
+        )
+        return kk * scale
+
+    def _lse_finish(m, s):
+        """``log2 sum`` from a running (max, sum of 2^(x - max)); -inf where all x are -inf."""
+        return tl.where(m == float("-inf"), float("-inf"), m + tl.log2(tl.where(s > 0, s, 1.0)))
+
+    def _max_sumexp(x, AXIS: tl.constexpr):
+        """(max, sum of 2^(x - max)) of `x` along AXIS, a max of -inf taken as 0 in the shift."""
+        m = tl.max(x, axis=AXIS)
+        m_safe = tl.where(m == float("-inf"), tl.zeros_like(m), m)
+        return m, tl.sum(tl.exp2(x - tl.expand_dims(m_safe, AXIS)), axis=AXIS)
+
+    def _lse_step(m_run, s_run, x, AXIS: tl.constexpr):
+        """Online log-sum-exp: fold block `x` (reduced along AXIS) into (m_run, s_run)."""
+        m_new = tl.maximum(m_run, tl.max(x, axis=AXIS))
+        m_safe = tl.where(m_new == float("-inf"), tl.zeros_like(m_new), m_new)
+        s_run = s_run * tl.exp2(m_run - m_safe) + tl.sum(
+            tl.exp2(x - tl.expand_dims(m_safe, AXIS)), axis=AXIS
+        )
+        return m_new, s_run
+
+    def _lse_pass(
+        cost_b,
+        p_b,
+        tile,
+        idx,
+        imask,
+        L,
+        stride_cn,
+        scale,
+        AXIS: tl.constexpr,
+        ONCHIP: tl.constexpr,
+        rl,
+    ):
+        """Half a Sinkhorn sweep with the other side's potentials ``p`` (at ``p_b``, L of them).
+
+        AXIS = 1: `idx` are rows, returns ``log2 sum_j 2^(p_j - K_ij)`` (the row pass);
+        AXIS = 0: `idx` are columns, returns ``log2 sum_i 2^(p_i - K_ij)`` (the column pass).
+        The other side is read in blocks of BLOCK_L with an online log-sum-exp; with ONCHIP
+        the cost is the register `tile` (one block covers it), else it is read from `cost_b`.
+        `rl` is ``tl.arange(0, BLOCK_L)``.
+        """
+        m_run = tl.full(idx.shape, float("-inf"), cost_b.dtype.element_ty)
+        s_run = tl.zeros(idx.shape, cost_b.dtype.element_ty)
+        for l0 in range(0, L, rl.shape[0]):
+            other = l0 + rl
+            omask = other < L
+            p = tl.load(p_b + other, mask=omask, other=float("-inf"))
+            if ONCHIP:
+                kk = tile
+            elif AXIS == 1:
+                kk = _cost_block(cost_b, idx, imask, other, omask, stride_cn, scale)
+            else:
+                kk = _cost_block(cost_b, other, omask, idx, imask, stride_cn, scale)
+            if AXIS == 1:
+                x = p[None, :] - kk
+            else:
+                x = p[:, None] - kk
+            m_run, s_run = _lse_step(m_run, s_run, x, AXIS)
+        return _lse_finish(m_run, s_run)
+
+    def _update(lm, real, fi, lse, old):
+        """Potential update ``fi * (log2 mass - lse)`` (-inf where not `real`), and the change.
+
+        `lm` is the log2 mass where `real`, `lse` the pass's log-sum-exp, `old` the iterate;
+        the change is 0 where not `real` (its largest size: ``_absmax``).
+        """
+        new = tl.where(real, fi * (lm - lse), float("-inf"))
+        return new, tl.where(real, new, tl.zeros_like(new)) - tl.where(
+            real, old, tl.zeros_like(old)
+        )
+
+    def _absmax(x):
+        """``max |x|`` of a 1-D block."""
+        return tl.max(tl.abs(x), axis=0)
+
+    def _row_dev(u, r, real, la, mass):
+        """``|2^(u_i + r_i) - a_i|``: row i's marginal violation (sum it over `real` rows with
+        ``_masked_sum`` for the balanced error). The masses are `mass`, or ``exp(la)`` if None.
+        """
+        ur = tl.where(real, u + r, float("-inf"))
+        if mass is None:
+            dev = tl.abs(tl.exp2(ur) - tl.exp(tl.where(real, la, float("-inf"))))
+        else:
+            dev = tl.abs(tl.exp2(ur) - mass)
+        return dev
+
+    def _masked_sum(x, real):
+        """``sum x`` over the `real` entries of a 1-D block."""
+        return tl.sum(tl.where(real, x, tl.zeros_like(x)), axis=0)
+
+    def _test(k, max_iter, check_every, err, tol, last_err):
+        """The convergence test after iteration k: (error at the last test, whether to stop)."""
+        tested = (k == max_iter) | ((k > 0) & (k % check_every == 0))
+        last_err = tl.where(tested, err, last_err)
+        stop = (tested & (err < tol)) | (k >= max_iter)
+        return last_err, stop
+
+    def _init_potentials(lm_b, p_b, L, rl):
+        """Start potentials: 0 where the log mass at `lm_b` is finite, -inf where masked.
+
+        In blocks of ``rl = tl.arange(0, BLOCK)``.
+        """
+        for l0 in range(0, L, rl.shape[0]):
+            idx = l0 + rl
+            lm = tl.load(lm_b + idx, mask=idx < L, other=float("-inf"))
+            neg = tl.full(lm.shape, float("-inf"), lm.dtype)
+            tl.store(p_b + idx, tl.where(lm > float("-inf"), tl.zeros_like(lm), neg), mask=idx < L)
+
+    def _rescale(p_b, L, factor, rl):
+        """``p *= factor`` in place for the L potentials at `p_b`, in blocks of `rl` (an arange)."""
+        for l0 in range(0, L, rl.shape[0]):
+            idx = l0 + rl
+            p = tl.load(p_b + idx, mask=idx < L, other=0.0)
+            tl.store(p_b + idx, p * factor, mask=idx < L)
 
     def _sinkhorn_kernel(
         cost_ptr,  # (B, N, M) cost, row-major, last stride 1
@@ -121,21 +260,14 @@ if triton is not None:
         v_b = v_ptr + b * M
         r_b = r_ptr + b * N
         dtype = cost_ptr.dtype.element_ty
-
-        scale = tl.load(prm_ptr)
-        fi_a = tl.load(prm_ptr + 1)
-        fi_b = tl.load(prm_ptr + 2)
-        tol = tl.load(prm_ptr + 3)
-        to_cost = tl.load(prm_ptr + 4)
-        log2e = tl.load(prm_ptr + 5)  # a literal would be rounded to float32
+        scale, fi_a, fi_b, tol, to_cost, log2e = _load_params(prm_ptr)
 
         rn = tl.arange(0, BLOCK_N)
         rm = tl.arange(0, BLOCK_M)
-        neg_n = tl.full([BLOCK_N], float("-inf"), dtype)
-        neg_m = tl.full([BLOCK_M], float("-inf"), dtype)
         zero_n = tl.zeros([BLOCK_N], dtype)
         zero_m = tl.zeros([BLOCK_M], dtype)
 
+        tile = None
         if ONCHIP:
             # The whole padded tile, scaled once, stays in registers for all iterations.
             tmask = (rn[:, None] < N) & (rm[None, :] < M)
@@ -143,14 +275,8 @@ if triton is not None:
             tile = tile * scale
 
         # init: f = 0 / g = 0 on real rows / columns, -inf on masked ones.
-        for i0 in range(0, N, BLOCK_N):
-            rows = i0 + rn
-            la = tl.load(la_b + rows, mask=rows < N, other=float("-inf"))
-            tl.store(u_b + rows, tl.where(la > float("-inf"), zero_n, neg_n), mask=rows < N)
-        for j0 in range(0, M, BLOCK_M):
-            cols = j0 + rm
-            lb = tl.load(lb_b + cols, mask=cols < M, other=float("-inf"))
-            tl.store(v_b + cols, tl.where(lb > float("-inf"), zero_m, neg_m), mask=cols < M)
+        _init_potentials(la_b, u_b, N, rn)
+        _init_potentials(lb_b, v_b, M, rm)
         tl.debug_barrier()
 
         zero = scale * 0.0  # a scalar of the cost dtype
@@ -165,39 +291,13 @@ if triton is not None:
             for i0 in range(0, N, BLOCK_N):
                 rows = i0 + rn
                 rmask = rows < N
-                m_run = neg_n
-                s_run = zero_n
-                for j0 in range(0, M, BLOCK_M):
-                    cols = j0 + rm
-                    cmask = cols < M
-                    v = tl.load(v_b + cols, mask=cmask, other=float("-inf"))
-                    if ONCHIP:
-                        kk = tile
-                    else:
-                        kk = tl.load(
-                            cost_b + rows[:, None] * stride_cn + cols[None, :],
-                            mask=rmask[:, None] & cmask[None, :],
-                            other=0.0,
-                        )
-                        kk = kk * scale
-                    x = v[None, :] - kk
-                    m_new = tl.maximum(m_run, tl.max(x, axis=1))
-                    m_safe = tl.where(m_new == float("-inf"), zero_n, m_new)
-                    s_run = s_run * tl.exp2(m_run - m_safe) + tl.sum(
-                        tl.exp2(x - m_safe[:, None]), axis=1
-                    )
-                    m_run = m_new
-                r = tl.where(
-                    m_run == float("-inf"), neg_n, m_run + tl.log2(tl.where(s_run > 0, s_run, 1.0))
-                )
+                r = _lse_pass(cost_b, v_b, tile, rows, rmask, M, stride_cn, scale, 1, ONCHIP, rm)
                 tl.store(r_b + rows, r, mask=rmask)
                 if BALANCED:
                     la = tl.load(la_b + rows, mask=rmask, other=float("-inf"))
                     u = tl.load(u_b + rows, mask=rmask, other=float("-inf"))
                     real = la > float("-inf")
-                    ur = tl.where(real, u + r, neg_n)
-                    dev = tl.abs(tl.exp2(ur) - tl.exp(tl.where(real, la, neg_n)))
-                    err_bal += tl.sum(tl.where(real, dev, zero_n), axis=0)
+                    err_bal += _masked_sum(_row_dev(u, r, real, la, None), real)
             tl.debug_barrier()
 
             # ---- convergence test after iteration k (k = 0 only when max_iter = 0).
@@ -205,9 +305,7 @@ if triton is not None:
                 err = err_bal
             else:
                 err = (du + dv) * to_cost
-            tested = (k == max_iter) | ((k > 0) & (k % check_every == 0))
-            last_err = tl.where(tested, err, last_err)
-            stop = (tested & (err < tol)) | (k >= max_iter)
+            last_err, stop = _test(k, max_iter, check_every, err, tol, last_err)
             if stop:
                 go = k < 0  # False, as a tensor
             else:
@@ -220,9 +318,8 @@ if triton is not None:
                     r = tl.load(r_b + rows, mask=rmask, other=0.0)
                     u_old = tl.load(u_b + rows, mask=rmask, other=0.0)
                     real = la > float("-inf")
-                    u_new = tl.where(real, fi_a * (tl.where(real, la, zero_n) * log2e - r), neg_n)
-                    diff = tl.where(real, u_new, zero_n) - tl.where(real, u_old, zero_n)
-                    du = tl.maximum(du, tl.max(tl.abs(diff), axis=0))
+                    u_new, d = _update(tl.where(real, la, zero_n) * log2e, real, fi_a, r, u_old)
+                    du = tl.maximum(du, _absmax(d))
                     tl.store(u_b + rows, u_new, mask=rmask)
                 # no previous iterate at iteration 1: its unbalanced error is inf (as the torch backend)
                 du = tl.where(k == 0, zero + float("inf"), du)
@@ -233,52 +330,21 @@ if triton is not None:
                 for j0 in range(0, M, BLOCK_M):
                     cols = j0 + rm
                     cmask = cols < M
-                    m_run = neg_m
-                    s_run = zero_m
-                    for i0 in range(0, N, BLOCK_N):
-                        rows = i0 + rn
-                        rmask = rows < N
-                        u = tl.load(u_b + rows, mask=rmask, other=float("-inf"))
-                        if ONCHIP:
-                            kk = tile
-                        else:
-                            kk = tl.load(
-                                cost_b + rows[:, None] * stride_cn + cols[None, :],
-                                mask=rmask[:, None] & cmask[None, :],
-                                other=0.0,
-                            )
-                            kk = kk * scale
-                        x = u[:, None] - kk
-                        m_new = tl.maximum(m_run, tl.max(x, axis=0))
-                        m_safe = tl.where(m_new == float("-inf"), zero_m, m_new)
-                        s_run = s_run * tl.exp2(m_run - m_safe) + tl.sum(
-                            tl.exp2(x - m_safe[None, :]), axis=0
-                        )
-                        m_run = m_new
-                    c = tl.where(
-                        m_run == float("-inf"),
-                        neg_m,
-                        m_run + tl.log2(tl.where(s_run > 0, s_run, 1.0)),
+                    c = _lse_pass(
+                        cost_b, u_b, tile, cols, cmask, N, stride_cn, scale, 0, ONCHIP, rn
                     )
                     lb = tl.load(lb_b + cols, mask=cmask, other=float("-inf"))
                     v_old = tl.load(v_b + cols, mask=cmask, other=0.0)
                     real = lb > float("-inf")
-                    v_new = tl.where(real, fi_b * (tl.where(real, lb, zero_m) * log2e - c), neg_m)
-                    diff = tl.where(real, v_new, zero_m) - tl.where(real, v_old, zero_m)
-                    dv = tl.maximum(dv, tl.max(tl.abs(diff), axis=0))
+                    v_new, d = _update(tl.where(real, lb, zero_m) * log2e, real, fi_b, c, v_old)
+                    dv = tl.maximum(dv, _absmax(d))
                     tl.store(v_b + cols, v_new, mask=cmask)
                 tl.debug_barrier()
                 k += 1
 
         # ---- back to cost units: f = u * reg * ln 2, g = v * reg * ln 2 (in place).
-        for i0 in range(0, N, BLOCK_N):
-            rows = i0 + rn
-            u = tl.load(u_b + rows, mask=rows < N, other=0.0)
-            tl.store(u_b + rows, u * to_cost, mask=rows < N)
-        for j0 in range(0, M, BLOCK_M):
-            cols = j0 + rm
-            v = tl.load(v_b + cols, mask=cols < M, other=0.0)
-            tl.store(v_b + cols, v * to_cost, mask=cols < M)
+        _rescale(u_b, N, to_cost, rn)
+        _rescale(v_b, M, to_cost, rm)
         tl.store(n_iter_ptr + b, k.to(tl.int64))
         tl.store(err_ptr + b, last_err)
 
@@ -289,6 +355,21 @@ if triton is not None:
     # registers across iterations too: no global memory traffic and no block barriers
     # inside the loop, only the reductions of the two half-iterations.
     # ----------------------------------------------------------------------------------
+
+    def _resident_chunk(cost_b, lb_ptr, b, rows, rmask, cols, M, stride_cn, scale, log2e):
+        """One column chunk: (scaled tile, real columns, log2 b, start g) of columns `cols`."""
+        cmask = cols < M
+        tile = _cost_block(cost_b, rows, rmask, cols, cmask, stride_cn, scale)
+        lb = tl.load(lb_ptr + b * M + cols, mask=cmask, other=float("-inf"))
+        real_b = lb > float("-inf")
+        lb = tl.where(real_b, lb * log2e, float("-inf"))
+        v = tl.where(real_b, 0.0, float("-inf")).to(cost_b.dtype.element_ty)
+        return tile, real_b, lb, v
+
+    def _resident_g(u, tile, real_b, lb, fi_b, v):
+        """Column pass and g-update of one chunk: (new v, its change)."""
+        my, s = _max_sumexp(u[:, None] - tile, 0)
+        return _update(tl.where(real_b, lb, 0.0), real_b, fi_b, _lse_finish(my, s), v)
 
     def _resident_kernel(
         cost_ptr,  # (B, N, M) cost, last stride 1
@@ -313,12 +394,7 @@ if triton is not None:
         b = tl.program_id(0).to(tl.int64)
         cost_b = cost_ptr + b * stride_cb
         dtype = cost_ptr.dtype.element_ty
-        scale = tl.load(prm_ptr)
-        fi_a = tl.load(prm_ptr + 1)
-        fi_b = tl.load(prm_ptr + 2)
-        tol = tl.load(prm_ptr + 3)
-        to_cost = tl.load(prm_ptr + 4)
-        log2e = tl.load(prm_ptr + 5)
+        scale, fi_a, fi_b, tol, to_cost, log2e = _load_params(prm_ptr)
         zero = scale * 0.0
         inf = zero + float("inf")
 
@@ -331,30 +407,14 @@ if triton is not None:
         u = tl.where(real_a, 0.0, float("-inf")).to(dtype)
 
         cols1 = tl.arange(0, BLOCK_M1)
-        cmask1 = cols1 < M
-        tile1 = tl.load(
-            cost_b + rows[:, None] * stride_cn + cols1[None, :],
-            mask=rmask[:, None] & cmask1[None, :],
-            other=0.0,
+        tile1, real_b1, lb1, v1 = _resident_chunk(
+            cost_b, lb_ptr, b, rows, rmask, cols1, M, stride_cn, scale, log2e
         )
-        tile1 = tile1 * scale
-        lb1 = tl.load(lb_ptr + b * M + cols1, mask=cmask1, other=float("-inf"))
-        real_b1 = lb1 > float("-inf")
-        lb1 = tl.where(real_b1, lb1 * log2e, float("-inf"))
-        v1 = tl.where(real_b1, 0.0, float("-inf")).to(dtype)
         if BLOCK_M2 > 0:
             cols2 = BLOCK_M1 + tl.arange(0, BLOCK_M2)
-            cmask2 = cols2 < M
-            tile2 = tl.load(
-                cost_b + rows[:, None] * stride_cn + cols2[None, :],
-                mask=rmask[:, None] & cmask2[None, :],
-                other=0.0,
+            tile2, real_b2, lb2, v2 = _resident_chunk(
+                cost_b, lb_ptr, b, rows, rmask, cols2, M, stride_cn, scale, log2e
             )
-            tile2 = tile2 * scale
-            lb2 = tl.load(lb_ptr + b * M + cols2, mask=cmask2, other=float("-inf"))
-            real_b2 = lb2 > float("-inf")
-            lb2 = tl.where(real_b2, lb2 * log2e, float("-inf"))
-            v2 = tl.where(real_b2, 0.0, float("-inf")).to(dtype)
 
         k = tl.program_id(0) * 0  # int32 scalar: iterations done
         du = inf  # unbalanced error pieces (scaled units)
@@ -362,7 +422,7 @@ if triton is not None:
         last_err = inf
         go = k <= max_iter
         while go:
-            # ---- row pass: r_i = log2 sum_j 2^(v_j - K_ij)
+            # ---- row pass: r_i = log2 sum_j 2^(v_j - K_ij), over both chunks
             x1 = v1[None, :] - tile1
             mx = tl.max(x1, axis=1)
             if BLOCK_M2 > 0:
@@ -372,59 +432,32 @@ if triton is not None:
             s = tl.sum(tl.exp2(x1 - ms[:, None]), axis=1)
             if BLOCK_M2 > 0:
                 s += tl.sum(tl.exp2(x2 - ms[:, None]), axis=1)
-            r = tl.where(mx == float("-inf"), float("-inf"), mx + tl.log2(tl.where(s > 0, s, 1.0)))
+            r = _lse_finish(mx, s)
             # ---- convergence test after iteration k (k = 0 only when max_iter = 0)
             if BALANCED:
-                ur = tl.where(real_a, u + r, float("-inf"))
-                err = tl.sum(tl.where(real_a, tl.abs(tl.exp2(ur) - mass_a), 0.0), axis=0)
+                err = _masked_sum(_row_dev(u, r, real_a, la, mass_a), real_a)
             else:
                 err = (du + dv) * to_cost
-            tested = (k == max_iter) | ((k > 0) & (k % check_every == 0))
-            last_err = tl.where(tested, err, last_err)
-            stop = (tested & (err < tol)) | (k >= max_iter)
+            last_err, stop = _test(k, max_iter, check_every, err, tol, last_err)
             if stop:
                 go = k < 0  # False, as a tensor
             else:
                 # ---- f-update: u_i = fi_a * (log2 a_i - r_i)
-                u_new = tl.where(real_a, fi_a * (tl.where(real_a, la2, 0.0) - r), float("-inf"))
-                diff = tl.where(real_a, u_new, 0.0) - tl.where(real_a, u, 0.0)
-                du = tl.where(k == 0, inf, tl.max(tl.abs(diff), axis=0))
-                u = u_new
+                u, d = _update(tl.where(real_a, la2, 0.0), real_a, fi_a, r, u)
+                du = tl.where(k == 0, inf, _absmax(d))
                 # ---- column pass + g-update: v_j = fi_b * (log2 b_j - log2 sum_i 2^(u_i - K_ij))
-                y1 = u[:, None] - tile1
-                my1 = tl.max(y1, axis=0)
-                ms1 = tl.where(my1 == float("-inf"), 0.0, my1)
-                s1 = tl.sum(tl.exp2(y1 - ms1[None, :]), axis=0)
-                c1 = tl.where(
-                    my1 == float("-inf"), float("-inf"), my1 + tl.log2(tl.where(s1 > 0, s1, 1.0))
-                )
-                v1_new = tl.where(real_b1, fi_b * (tl.where(real_b1, lb1, 0.0) - c1), float("-inf"))
-                diff1 = tl.where(real_b1, v1_new, 0.0) - tl.where(real_b1, v1, 0.0)
-                dv = tl.max(tl.abs(diff1), axis=0)
-                v1 = v1_new
+                v1, d1 = _resident_g(u, tile1, real_b1, lb1, fi_b, v1)
+                dv = _absmax(d1)
                 if BLOCK_M2 > 0:
-                    y2 = u[:, None] - tile2
-                    my2 = tl.max(y2, axis=0)
-                    ms2 = tl.where(my2 == float("-inf"), 0.0, my2)
-                    s2 = tl.sum(tl.exp2(y2 - ms2[None, :]), axis=0)
-                    c2 = tl.where(
-                        my2 == float("-inf"),
-                        float("-inf"),
-                        my2 + tl.log2(tl.where(s2 > 0, s2, 1.0)),
-                    )
-                    v2_new = tl.where(
-                        real_b2, fi_b * (tl.where(real_b2, lb2, 0.0) - c2), float("-inf")
-                    )
-                    diff2 = tl.where(real_b2, v2_new, 0.0) - tl.where(real_b2, v2, 0.0)
-                    dv = tl.maximum(dv, tl.max(tl.abs(diff2), axis=0))
-                    v2 = v2_new
+                    v2, d2 = _resident_g(u, tile2, real_b2, lb2, fi_b, v2)
+                    dv = tl.maximum(dv, _absmax(d2))
                 k += 1
 
         # ---- back to cost units: f = u * reg * ln 2, g = v * reg * ln 2
         tl.store(f_ptr + b * N + rows, u * to_cost, mask=rmask)
-        tl.store(g_ptr + b * M + cols1, v1 * to_cost, mask=cmask1)
+        tl.store(g_ptr + b * M + cols1, v1 * to_cost, mask=cols1 < M)
         if BLOCK_M2 > 0:
-            tl.store(g_ptr + b * M + cols2, v2 * to_cost, mask=cmask2)
+            tl.store(g_ptr + b * M + cols2, v2 * to_cost, mask=cols2 < M)
         tl.store(n_iter_ptr + b, k.to(tl.int64))
         tl.store(err_ptr + b, last_err)
 
@@ -462,55 +495,27 @@ if triton is not None:
             zero = scale * 0.0
             rn = tl.arange(0, BLOCK_N)
             rm = tl.arange(0, BLOCK_M)
-            neg_n = tl.full([BLOCK_N], float("-inf"), dtype)
             zero_n = tl.zeros([BLOCK_N], dtype)
-            zero_m = tl.zeros([BLOCK_M], dtype)
             cost_b = cost_ptr + b * stride_cb
             rows = rb * BLOCK_N + rn
             rmask = rows < N
             # row pass with the current g, then the f-update of this block's rows
-            m_run = neg_n
-            s_run = zero_n
-            for j0 in range(0, M, BLOCK_M):
-                cols = j0 + rm
-                cmask = cols < M
-                v = tl.load(v_ptr + b * M + cols, mask=cmask, other=float("-inf"))
-                kk = tl.load(
-                    cost_b + rows[:, None] * stride_cn + cols[None, :],
-                    mask=rmask[:, None] & cmask[None, :],
-                    other=0.0,
-                )
-                x = v[None, :] - kk * scale
-                m_new = tl.maximum(m_run, tl.max(x, axis=1))
-                m_safe = tl.where(m_new == float("-inf"), zero_n, m_new)
-                s_run = s_run * tl.exp2(m_run - m_safe) + tl.sum(
-                    tl.exp2(x - m_safe[:, None]), axis=1
-                )
-                m_run = m_new
-            r = tl.where(
-                m_run == float("-inf"), neg_n, m_run + tl.log2(tl.where(s_run > 0, s_run, 1.0))
+            r = _lse_pass(
+                cost_b, v_ptr + b * M, None, rows, rmask, M, stride_cn, scale, 1, False, rm
             )
             la = tl.load(la_ptr + b * N + rows, mask=rmask, other=float("-inf"))
             u_old = tl.load(u_ptr + b * N + rows, mask=rmask, other=0.0)
             real = la > float("-inf")
-            u_new = tl.where(real, fi_a * (tl.where(real, la, zero_n) * log2e - r), neg_n)
-            diff = tl.where(real, u_new, zero_n) - tl.where(real, u_old, zero_n)
-            tl.store(dup_ptr + b * RB + rb, tl.max(tl.abs(diff), axis=0) + zero)
+            u_new, d = _update(tl.where(real, la, zero_n) * log2e, real, fi_a, r, u_old)
+            tl.store(dup_ptr + b * RB + rb, _absmax(d) + zero)
             tl.store(u_ptr + b * N + rows, u_new, mask=rmask)
             # column partials of LSE_i(u_i - K_ij) over this block's rows
             part = (b * RB + rb) * M
             for j0 in range(0, M, BLOCK_M):
                 cols = j0 + rm
                 cmask = cols < M
-                kk = tl.load(
-                    cost_b + rows[:, None] * stride_cn + cols[None, :],
-                    mask=rmask[:, None] & cmask[None, :],
-                    other=0.0,
-                )
-                x = u_new[:, None] - kk * scale
-                mc = tl.max(x, axis=0)
-                mc_safe = tl.where(mc == float("-inf"), zero_m, mc)
-                sc = tl.sum(tl.exp2(x - mc_safe[None, :]), axis=0)
+                x = u_new[:, None] - _cost_block(cost_b, rows, rmask, cols, cmask, stride_cn, scale)
+                mc, sc = _max_sumexp(x, 0)
                 tl.store(pm_ptr + part + cols, mc, mask=cmask)
                 tl.store(ps_ptr + part + cols, sc, mask=cmask)
 
@@ -549,15 +554,12 @@ if triton is not None:
                 m_safe = tl.where(m_new == float("-inf"), zero_m, m_new)
                 s_run = s_run * tl.exp2(m_run - m_safe) + psv * tl.exp2(pmv - m_safe)
                 m_run = m_new
-            c = tl.where(
-                m_run == float("-inf"), neg_m, m_run + tl.log2(tl.where(s_run > 0, s_run, 1.0))
-            )
+            c = _lse_finish(m_run, s_run)
             lb = tl.load(lb_ptr + b * M + cols, mask=cmask, other=float("-inf"))
             v_old = tl.load(v_ptr + b * M + cols, mask=cmask, other=0.0)
             real = lb > float("-inf")
-            v_new = tl.where(real, fi_b * (tl.where(real, lb, zero_m) * log2e - c), neg_m)
-            diff = tl.where(real, v_new, zero_m) - tl.where(real, v_old, zero_m)
-            tl.store(dvp_ptr + b * CB + cb, tl.max(tl.abs(diff), axis=0) + zero)
+            v_new, d = _update(tl.where(real, lb, zero_m) * log2e, real, fi_b, c, v_old)
+            tl.store(dvp_ptr + b * CB + cb, _absmax(d) + zero)
             tl.store(v_ptr + b * M + cols, v_new, mask=cmask)
 
     def _split_check_kernel(
@@ -579,42 +581,21 @@ if triton is not None:
         b = tl.program_id(0).to(tl.int64)
         rb = tl.program_id(1)
         if tl.load(done_ptr + b) == 0:
-            dtype = cost_ptr.dtype.element_ty
             scale = tl.load(prm_ptr)
             zero = scale * 0.0
             rn = tl.arange(0, BLOCK_N)
             rm = tl.arange(0, BLOCK_M)
-            neg_n = tl.full([BLOCK_N], float("-inf"), dtype)
-            zero_n = tl.zeros([BLOCK_N], dtype)
             cost_b = cost_ptr + b * stride_cb
             rows = rb * BLOCK_N + rn
             rmask = rows < N
-            m_run = neg_n
-            s_run = zero_n
-            for j0 in range(0, M, BLOCK_M):
-                cols = j0 + rm
-                cmask = cols < M
-                v = tl.load(v_ptr + b * M + cols, mask=cmask, other=float("-inf"))
-                kk = tl.load(
-                    cost_b + rows[:, None] * stride_cn + cols[None, :],
-                    mask=rmask[:, None] & cmask[None, :],
-                    other=0.0,
-                )
-                x = v[None, :] - kk * scale
-                m_new = tl.maximum(m_run, tl.max(x, axis=1))
-                m_safe = tl.where(m_new == float("-inf"), zero_n, m_new)
-                s_run = s_run * tl.exp2(m_run - m_safe) + tl.sum(
-                    tl.exp2(x - m_safe[:, None]), axis=1
-                )
-                m_run = m_new
-            r = tl.where(
-                m_run == float("-inf"), neg_n, m_run + tl.log2(tl.where(s_run > 0, s_run, 1.0))
+            r = _lse_pass(
+                cost_b, v_ptr + b * M, None, rows, rmask, M, stride_cn, scale, 1, False, rm
             )
             la = tl.load(la_ptr + b * N + rows, mask=rmask, other=float("-inf"))
             u = tl.load(u_ptr + b * N + rows, mask=rmask, other=float("-inf"))
             real = la > float("-inf")
-            dev = tl.abs(tl.exp2(tl.where(real, u + r, neg_n)) - tl.exp(tl.where(real, la, neg_n)))
-            tl.store(errp_ptr + b * RB + rb, tl.sum(tl.where(real, dev, zero_n), axis=0) + zero)
+            dev = _row_dev(u, r, real, la, None)
+            tl.store(errp_ptr + b * RB + rb, _masked_sum(dev, real) + zero)
 
     def _split_decide_kernel(
         prm_ptr,  # (6,)
@@ -681,10 +662,38 @@ _NO_SPECIALIZE = {
 }
 
 
+#: The device functions the kernels call, undecorated: the first kernel built rebinds their
+#: module names to their ``triton.jit`` versions (the kernels look them up by name).
+_DEVICE_FNS: dict[str, Any] = {}
+if triton is not None:
+    _DEVICE_FNS = {
+        fn.__name__: fn
+        for fn in (
+            _load_params,
+            _cost_block,
+            _lse_finish,
+            _max_sumexp,
+            _lse_step,
+            _lse_pass,
+            _update,
+            _absmax,
+            _row_dev,
+            _masked_sum,
+            _test,
+            _init_potentials,
+            _rescale,
+            _resident_chunk,
+            _resident_g,
+        )
+    }
+
+
 def _kernel(name: str = "fused") -> Any:
     """The jitted kernel `name` for Triton's mode (interpreter or compiled), built on first use."""
     key = (_interpret_mode(), name)
     if key not in _KERNELS:
+        if not _KERNELS:  # jit the device functions with the first kernel, in the same mode
+            globals().update({n: triton.jit(fn) for n, fn in _DEVICE_FNS.items()})
         fn = {
             "fused": _sinkhorn_kernel,
             "resident": _resident_kernel,
