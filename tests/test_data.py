@@ -324,7 +324,7 @@ def test_readers_take_a_byte_order_mark_and_split_json_without_classes(tmp_path)
     _img(str(tmp_path / "a.png"))
     _img(str(tmp_path / "b.png"))
     bom = b"\xef\xbb\xbf"
-    (tmp_path / "data.csv").write_bytes(bom + "path,labels\na.png,cat;dog\nb.png,dog\n".encode())
+    (tmp_path / "data.csv").write_bytes(bom + b"path,labels\na.png,cat;dog\nb.png,dog\n")
     ds = from_csv(tmp_path / "data.csv")
     assert ds.paths == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
     assert ds.labels == ("cat", "dog") and ds.label_names(1) == ("dog",)
