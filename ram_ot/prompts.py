@@ -46,6 +46,13 @@ def _causal_mask(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     return torch.full((n, n), float("-inf"), device=device, dtype=dtype).triu_(1)
 
 
+def _run_block(blk: nn.Module, x: Tensor, mask: Tensor, batch_first: bool) -> Tensor:
+    """One text block on batch-first `x` (N, L, W), whatever the tower's own layout."""
+    if batch_first:
+        return blk(x, attn_mask=mask)
+    return blk(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+
+
 class PromptEncoder(nn.Module):
     """Encode label names into label embeddings with a frozen CLIP text tower.
 
@@ -191,6 +198,27 @@ class PromptEncoder(nn.Module):
     def _tokens(self, texts: Sequence[str], device: torch.device) -> Tensor:
         return self.tokenizer(list(texts)).to(device)
 
+    def _layer(
+        self,
+        i: int,
+        blk: nn.Module,
+        x: Tensor,
+        mask: Tensor,
+        mask_p: Tensor,
+        batch_first: bool,
+        ctx_dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """Text layer `i` on (C, n, W) `x`: its prompts inserted after SOS, run, dropped again.
+
+        The prompts are cast to `ctx_dtype` (default: `x`'s); ``cat`` promotes as it does.
+        """
+        ctx = self.deep_embeds[str(i)] if str(i) in self.deep_embeds else None
+        if ctx is None:
+            return _run_block(blk, x, mask, batch_first)
+        ctx = ctx.to(ctx_dtype or x.dtype).expand(x.shape[0], -1, -1)  # (C, n_ctx, W)
+        x = _run_block(blk, torch.cat([x[:, :1], ctx, x[:, 1:]], dim=1), mask_p, batch_first)
+        return torch.cat([x[:, :1], x[:, 1 + self.n_ctx :]], dim=1)
+
     def _encode_deep(self, tokens: Tensor) -> Tensor:
         """(C, L) int64 token ids -> (C, D) features through the deep-prompted tower."""
         text = _text_parts("PromptEncoder", self.clip_model)
@@ -210,18 +238,7 @@ class PromptEncoder(nn.Module):
         mask_p = _causal_mask(n + self.n_ctx, x.device, x.dtype)
         batch_first = getattr(tr, "batch_first", True)
         for i, blk in enumerate(tr.resblocks):
-            ctx = self.deep_embeds[str(i)] if str(i) in self.deep_embeds else None
-            if ctx is not None:
-                ctx = ctx.to(cast).expand(x.shape[0], -1, -1)  # (C, n_ctx, Wt)
-                x = torch.cat([x[:, :1], ctx, x[:, 1:]], dim=1)  # insert after SOS
-            m = mask if ctx is None else mask_p
-            x = (
-                blk(x, attn_mask=m)
-                if batch_first
-                else blk(x.transpose(0, 1), attn_mask=m).transpose(0, 1)
-            )
-            if ctx is not None:
-                x = torch.cat([x[:, :1], x[:, 1 + self.n_ctx :]], dim=1)  # drop the prompts
+            x = self._layer(i, blk, x, mask, mask_p, batch_first, ctx_dtype=cast)
         x = text.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot]  # (C, n, Wt) -> (C, Wt)
         proj = text.text_projection
@@ -307,11 +324,7 @@ class PromptEncoder(nn.Module):
             x = text.token_embedding(tok).to(cast) + text.positional_embedding[:n].to(cast)
             mask = _causal_mask(n, x.device, x.dtype)
             for blk in tr.resblocks[: self.deep_layers[0]]:
-                x = (
-                    blk(x, attn_mask=mask)
-                    if batch_first
-                    else blk(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
-                )
+                x = _run_block(blk, x, mask, batch_first)
             outs.append(x)
         return outs
 
@@ -354,11 +367,7 @@ class PromptEncoder(nn.Module):
             shared_kv.append(_keys_values(blocks[i], h))
             if i < depth - 1:
                 mask = _causal_mask(h.shape[1], h.device, h.dtype)
-                h = (
-                    blocks[i](h, attn_mask=mask)
-                    if batch_first
-                    else blocks[i](h.transpose(0, 1), attn_mask=mask).transpose(0, 1)
-                )
+                h = _run_block(blocks[i], h, mask, batch_first)
                 if ctx is not None:
                     h = torch.cat([h[:, :1], h[:, 1 + n_ctx :]], dim=1)
         outs = []
@@ -381,19 +390,7 @@ class PromptEncoder(nn.Module):
             mask = _causal_mask(n, x.device, x.dtype)
             mask_p = _causal_mask(n + n_ctx, x.device, x.dtype)
             for i in range(self.deep_layers[0], len(tr.resblocks)):
-                blk = tr.resblocks[i]
-                ctx = self.deep_embeds[str(i)] if str(i) in self.deep_embeds else None
-                if ctx is not None:
-                    ctx = ctx.to(x.dtype).expand(x.shape[0], -1, -1)
-                    x = torch.cat([x[:, :1], ctx, x[:, 1:]], dim=1)
-                m = mask if ctx is None else mask_p
-                x = (
-                    blk(x, attn_mask=m)
-                    if batch_first
-                    else blk(x.transpose(0, 1), attn_mask=m).transpose(0, 1)
-                )
-                if ctx is not None:
-                    x = torch.cat([x[:, :1], x[:, 1 + n_ctx :]], dim=1)
+                x = self._layer(i, tr.resblocks[i], x, mask, mask_p, batch_first)
             outs.append(x[torch.arange(x.shape[0], device=x.device), s + last])
         return outs
 
