@@ -8,7 +8,6 @@ Compiles offline for a GPUTarget("cuda", 90) with the ptxas bundled with Triton,
 edit can be shown to generate the same code on a machine without a GPU.
 """
 
-import inspect
 import os
 import re
 import subprocess
@@ -61,18 +60,7 @@ def clean(ptx):
 
 for name, dtype, consts, warps in jobs:
     jit_fn = T._kernel(name)
-    sig = {}
-    for arg in inspect.signature(jit_fn.fn).parameters:
-        if arg in consts:
-            sig[arg] = "constexpr"
-        elif arg == "n_iter_ptr":
-            sig[arg] = "*i64"
-        elif arg == "done_ptr":
-            sig[arg] = "*i32"
-        elif arg.endswith("_ptr"):
-            sig[arg] = f"*{dtype}"
-        else:
-            sig[arg] = "i32"
+    sig = T._signature(jit_fn, consts, dtype)
     comp = triton.compile(
         ASTSource(jit_fn, sig, constexprs=consts),
         target=GPUTarget("cuda", 90, 32),

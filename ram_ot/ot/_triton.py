@@ -1078,6 +1078,27 @@ def _solve_split(
 # --------------------------------------------------------------------------------------
 
 
+def _signature(jit_fn: Any, consts: dict[str, Any], dtype: str) -> dict[str, str]:
+    """The Triton signature of a kernel for offline compilation: `consts` are constexpr,
+    ``n_iter_ptr`` / ``done_ptr`` are int64 / int32 pointers, other pointers are `dtype`
+    (``"fp32"``, ``"fp64"``), the rest int32."""
+    import inspect
+
+    sig = {}
+    for arg in inspect.signature(jit_fn.fn).parameters:
+        if arg in consts:
+            sig[arg] = "constexpr"
+        elif arg == "n_iter_ptr":
+            sig[arg] = "*i64"
+        elif arg == "done_ptr":
+            sig[arg] = "*i32"
+        elif arg.endswith("_ptr"):
+            sig[arg] = f"*{dtype}"
+        else:
+            sig[arg] = "i32"
+    return sig
+
+
 def _compile_report(
     *,
     arch: int = 90,
@@ -1099,7 +1120,6 @@ def _compile_report(
         one line per kernel, e.g. ``"sm_90 fp32 onchip balanced fused (64x128, 16 warps): 0 bytes
         spill stores ...; Used 128 registers ..."``.
     """
-    import inspect
     import subprocess
     import tempfile
 
@@ -1135,19 +1155,7 @@ def _compile_report(
     lines = []
     for name, consts, warps, label in jobs:
         jit_fn = _kernel(name)
-        sig = {}
-        for arg in inspect.signature(jit_fn.fn).parameters:
-            if arg in consts:
-                sig[arg] = "constexpr"
-            elif arg == "n_iter_ptr":
-                sig[arg] = "*i64"
-            elif arg == "done_ptr":
-                sig[arg] = "*i32"
-            elif arg.endswith("_ptr"):
-                sig[arg] = f"*{dtype}"
-            else:
-                sig[arg] = "i32"
-        src = ASTSource(jit_fn, sig, constexprs=consts)
+        src = ASTSource(jit_fn, _signature(jit_fn, consts, dtype), constexprs=consts)
         compiled = triton.compile(
             src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps}
         )
