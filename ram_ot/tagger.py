@@ -51,7 +51,6 @@ import math
 import os
 import sys
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -88,7 +87,6 @@ _RAM_KEYS = (
     "text_deep_layers", "template", "templates", "teacher_template", "use_teacher",
 )  # fmt: skip
 _KCOT_KEYS = ("reg", "reg_prior", "region_temperature", "max_iter", "tol")
-_LABEL_CACHE_SIZE = 4  # label sets whose embeddings a Tagger keeps
 _AUTO_PROGRESS = 256  # images; longer lists show a progress bar when progress=None
 
 
@@ -584,7 +582,6 @@ class Tagger:
         }  # fmt: skip
         self.train_args = train_args
         self._transform = None
-        self._label_cache: OrderedDict[tuple, Tensor] = OrderedDict()
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -748,30 +745,6 @@ class Tagger:
             raise ValueError(f"{fn}: expected distinct `labels`, got duplicates.")
         return labels
 
-    def _label_embeddings(self, labels: list[str]) -> Tensor:
-        """``model.encode_labels(labels)``, cached per label tuple (no grad, eval mode).
-
-        The key holds the device, the dtype and the identity and version counter
-        (``Tensor._version``, bumped by every in-place change: optimiser steps,
-        ``load_state_dict``) of each parameter and buffer of the trained prompts, so a
-        changed model is re-encoded. With gradients on or in training mode nothing is cached.
-        """
-        model = self.model
-        if torch.is_grad_enabled() or model.training:
-            return model.encode_labels(labels)
-        state = [*model.prompts.parameters(), *model.prompts.buffers()]
-        key = (tuple(labels), str(self.device), str(model.ladder.visual.conv1.weight.dtype),
-               tuple((id(t), t._version) for t in state))  # fmt: skip
-        hit = self._label_cache.get(key)
-        if hit is not None:
-            self._label_cache.move_to_end(key)
-            return hit
-        emb = model.encode_labels(labels)
-        self._label_cache[key] = emb
-        while len(self._label_cache) > _LABEL_CACHE_SIZE:
-            self._label_cache.popitem(last=False)
-        return emb
-
     @property
     def device(self) -> torch.device:
         return self.model.ladder.visual.conv1.weight.device
@@ -826,7 +799,7 @@ class Tagger:
         from ram_ot.kcot import teacher_prior
 
         model = self.model
-        emb = labels if isinstance(labels, Tensor) else self._label_embeddings(list(labels))
+        emb = model.encode_labels(labels)
         out = model.ladder(images, emb, with_teacher=with_prior)
         head = model.head(out.image_global, out.image_regions, emb)
         feats = presence_features(
@@ -900,7 +873,7 @@ class Tagger:
         presence = torch.full((n, c), math.nan) if self.calibration is not None else None
         ok = [False] * n
         with torch.no_grad():
-            emb = self._label_embeddings(labels) if items else None
+            emb = self.model.encode_labels(labels) if items else None
             for start, chunk in self._iter_batches(fn, items, batch_size, progress):
                 idx, x = self._load_batch(fn, chunk)
                 if x is None:
@@ -1021,7 +994,7 @@ class Tagger:
         feats, targets = [], []
         idx = list(range(len(dataset)))
         with torch.no_grad():
-            emb = self._label_embeddings(labels)
+            emb = self.model.encode_labels(labels)
             for _, chunk in self._iter_batches(fn, idx, batch_size, progress):
                 pairs = [dataset[i] for i in chunk]
                 ims = [p[0] if isinstance(p[0], Tensor) else self.transform(p[0]) for p in pairs]

@@ -315,12 +315,18 @@ def test_label_embeddings_are_cached_until_the_prompts_change(model, images, mon
     t = Tagger(model, LABELS)
     x = torch.stack([t.transform(im) for im in images])
     calls = []
-    encode = model.prompts.forward
-    monkeypatch.setattr(model.prompts, "forward", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    encode = model.prompts._encode  # the text tower's work (PromptEncoder's feature cache)
+    monkeypatch.setattr(model.prompts, "_encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
+
+    def uncached_embeddings():  # computed afresh, not taken from a cache
+        model.prompts.clear_cache()
+        with torch.no_grad():
+            return model.encode_labels(LABELS)
+
+    model.prompts.clear_cache()
     a, b = t.forward(x, LABELS), t.forward(x, LABELS)
     assert len(calls) == 1  # the second call used the cache
-    with torch.no_grad():
-        uncached = t.forward(x, model.encode_labels(LABELS))  # embeddings given: no cache
+    uncached = t.forward(x, uncached_embeddings())  # embeddings given, computed uncached
     for out in (a, b):
         torch.testing.assert_close(out.scores, uncached.scores, rtol=0, atol=0)
         torch.testing.assert_close(out.plan, uncached.plan, rtol=0, atol=0)
@@ -338,8 +344,7 @@ def test_label_embeddings_are_cached_until_the_prompts_change(model, images, mon
         n = len(calls)
         changed = t.forward(x, LABELS)
         assert len(calls) == n + 1
-        with torch.no_grad():
-            fresh = t.forward(x, model.encode_labels(LABELS))
+        fresh = t.forward(x, uncached_embeddings())
         torch.testing.assert_close(changed.scores, fresh.scores, rtol=0, atol=0)
         assert not torch.equal(changed.scores, a.scores)
     finally:
