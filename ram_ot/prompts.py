@@ -468,9 +468,10 @@ class PromptEncoder(nn.Module):
         return out
 
     def _feature_tensors(self) -> list[Tensor]:
+        """What the final features rest on: the whole CLIP when frozen (``encode_text`` of any
+        tower), else the text parts the deep-prompted encoding reads, and the prompts."""
         if self.frozen:
-            ps = list(self.clip_model.parameters()) + list(self.clip_model.buffers())
-            return ps
+            return [*self.clip_model.parameters(), *self.clip_model.buffers()]
         return self._all_tensors(_text_parts("PromptEncoder", self.clip_model))
 
 
